@@ -1,0 +1,39 @@
+"""Remove what runs left behind: containers found by the run label, and run folders on request."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import InputError
+from .plan import LABEL_AGENT, LABEL_RUN
+from .runtime.docker import DockerRuntime
+from .workspace import remove_tree
+
+RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove_files: bool) -> str:
+    """Force-remove the containers of one run (or of every run); return a report."""
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
+        raise InputError(f"invalid run id '{run_id}'; copy it from the run's summary or from {runs_root}/")
+    if remove_files and run_id is None:
+        raise InputError("--remove-files needs a RUN; name the run whose folder should be deleted")
+
+    containers = runtime.list_labelled({LABEL_RUN: run_id})
+    lines = []
+    for container_id in containers:
+        labels = runtime.inspect(container_id)["Config"].get("Labels") or {}
+        runtime.remove(container_id)
+        lines.append(f"removed container {container_id[:12]} (run {labels.get(LABEL_RUN)}, agent {labels.get(LABEL_AGENT)})")
+    if not containers:
+        lines.append("no container of " + (f"run {run_id}" if run_id else "any run") + " is left")
+
+    if remove_files and run_id is not None:
+        folder = runs_root / run_id
+        if folder.is_dir():
+            remove_tree(folder)
+            lines.append(f"deleted {folder}")
+        else:
+            lines.append(f"{folder} does not exist; nothing to delete")
+    return "\n".join(lines)

@@ -1,0 +1,208 @@
+"""The `orchestrate` command: parse arguments, call the package, render the result.
+
+Exit codes: 0 success, 1 an agent failed or timed out, 2 invalid manifest or
+usage, 4 environment problem (Docker unreachable, image missing), 70 internal
+error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from . import __version__
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, OrchestrateError
+
+app = typer.Typer(
+    help="Run AI coding agents in parallel, each in its own hardened container.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+images_app = typer.Typer(help="Build the sandbox images.", no_args_is_help=True)
+app.add_typer(images_app, name="images")
+
+_options = {"debug": False}
+
+ManifestArgument = Annotated[
+    Path, typer.Argument(help="The manifest file, such as configs/agents.example.yaml.", show_default=False)
+]
+RunsDirOption = Annotated[
+    Path, typer.Option("--runs-dir", help="Folder that receives one folder per run (workspaces, logs).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
+
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print warnings and errors only.")] = False,
+) -> None:
+    _options["debug"] = debug
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("orchestrate: %(message)s"))
+    root = logging.getLogger("orchestrator")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _guarded(action: Callable[[], int]) -> NoReturn:
+    """Run a command body; turn the project's errors into a message and an exit code."""
+    try:
+        code = action()
+    except OrchestrateError as exc:
+        if _options["debug"]:
+            raise
+        typer.echo(f"orchestrate: error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("orchestrate: interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    except Exception as exc:
+        if _options["debug"]:
+            raise
+        typer.echo(
+            f"orchestrate: internal error: {type(exc).__name__}: {exc}; "
+            "run again with --debug and report the traceback",
+            err=True,
+        )
+        code = EXIT_INTERNAL
+    raise typer.Exit(code)
+
+
+def _runtime():  # type: ignore[no-untyped-def]
+    from .runtime.docker import DockerRuntime
+
+    return DockerRuntime()
+
+
+@app.command()
+def run(
+    manifest: ManifestArgument,
+    runs_dir: RunsDirOption = Path("runs"),
+    json_output: JsonOption = False,
+    grace: Annotated[
+        float, typer.Option("--grace", min=0, help="Seconds between SIGTERM and SIGKILL when stopping agents.")
+    ] = 3.0,
+) -> None:
+    """Start every agent of MANIFEST in its own hardened container and wait for all of them."""
+
+    def body() -> int:
+        from .render import result_text
+        from .runner import execute, plan_manifest
+
+        runtime = _runtime()
+        _loaded, plan = plan_manifest(manifest, runtime, runs_root=runs_dir)
+        result = execute(plan, runtime, grace=grace)
+        if json_output:
+            typer.echo(json.dumps(result.to_json(), indent=2))
+        else:
+            typer.echo(result_text(result))
+        return result.exit_code
+
+    _guarded(body)
+
+
+@app.command()
+def plan(
+    manifest: ManifestArgument,
+    runs_dir: RunsDirOption = Path("runs"),
+    json_output: JsonOption = False,
+) -> None:
+    """Show the exact container spec of every agent, and check it, without starting anything."""
+
+    def body() -> int:
+        from .render import plan_text
+        from .runner import plan_manifest
+
+        _loaded, resolved = plan_manifest(manifest, _runtime(), runs_root=runs_dir)
+        if json_output:
+            typer.echo(json.dumps(resolved.model_dump(mode="json"), indent=2))
+        else:
+            typer.echo(plan_text(resolved))
+        return 0
+
+    _guarded(body)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the manifest."""
+
+    def body() -> int:
+        from .manifest import Manifest
+
+        document = Manifest.model_json_schema()
+        document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        document["title"] = "orchestrate manifest, version 1"
+        typer.echo(json.dumps(document, indent=2))
+        return 0
+
+    _guarded(body)
+
+
+@app.command()
+def cleanup(
+    run_id: Annotated[str | None, typer.Argument(help="The run to clean up; all runs when omitted.")] = None,
+    remove_files: Annotated[
+        bool, typer.Option("--remove-files", help="Also delete the run's folder under --runs-dir.")
+    ] = False,
+    runs_dir: RunsDirOption = Path("runs"),
+) -> None:
+    """Stop and remove containers left by runs (found by their labels, never by name)."""
+
+    def body() -> int:
+        from .cleanup import clean
+
+        report = clean(_runtime(), run_id=run_id, runs_root=runs_dir, remove_files=remove_files)
+        typer.echo(report)
+        return 0
+
+    _guarded(body)
+
+
+@app.command()
+def version() -> None:
+    """Print the version of orchestrate."""
+    typer.echo(f"orchestrate {__version__}")
+
+
+@images_app.command("build")
+def images_build(
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Never use a registry: bootstrap the base with mmdebstrap.")
+    ] = False,
+    pull: Annotated[bool, typer.Option("--pull", help="Pull the base image from a registry.")] = False,
+    mirror: Annotated[
+        str | None, typer.Option("--mirror", help="Debian mirror URL for the offline bootstrap.")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every layer.")] = False,
+) -> None:
+    """Build the sandbox images. Without --pull, a missing base image is bootstrapped offline."""
+
+    def body() -> int:
+        from .errors import InputError
+        from .images import build_all
+
+        if offline and pull:
+            raise InputError("--offline and --pull exclude each other; choose one")
+        runtime = _runtime()
+        mode = "offline" if offline else "pull" if pull else "auto"
+        built = build_all(runtime.client, mode=mode, mirror=mirror, no_cache=no_cache)
+        for tag in built:
+            typer.echo(f"built {tag}")
+        return 0
+
+    _guarded(body)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,159 @@
+"""Rules for host paths that may be mounted into an agent container.
+
+Every path is resolved with realpath before it is judged, so a symlink such as
+`project/creds -> ~/.ssh` is judged by where it leads. A path is rejected when
+it is, contains or lies inside a sensitive location; the home directory itself
+is rejected only when it is or contains the mount, because projects usually
+live below it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+# Credential stores below a home directory.
+CREDENTIAL_STORES = (
+    ".ssh",
+    ".aws",
+    ".azure",
+    ".config/gcloud",
+    ".config/gh",
+    ".kube",
+    ".docker",
+    ".gnupg",
+    ".netrc",
+    ".git-credentials",
+    ".npmrc",
+    ".pypirc",
+    ".password-store",
+    ".local/share/keyrings",
+)
+
+# System locations that expose the host (or its container engine) when mounted.
+SYSTEM_LOCATIONS = ("/etc", "/proc", "/sys", "/dev", "/boot", "/var/run", "/run", "/var/lib/docker")
+
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock")
+
+# Files named like dotenv files hold secrets; the listed suffixes are templates without values.
+DOTENV_TEMPLATE_SUFFIXES = (".example", ".sample", ".template", ".dist")
+
+SOURCE_SCAN_LIMIT = 500_000
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: Path
+    reason: str
+
+
+def home_directories() -> list[Path]:
+    """Return the invoking user's home, and the sudo caller's home when run through sudo."""
+    homes = {Path(os.path.realpath(Path.home()))}
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user:
+        try:
+            homes.add(Path(os.path.realpath(pwd.getpwnam(sudo_user).pw_dir)))
+        except KeyError:
+            pass
+    return sorted(homes)
+
+
+def is_within(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def sensitive_reason(path: Path, homes: Iterable[Path]) -> str | None:
+    """Return why mounting `path` (already resolved) would expose the host, or None."""
+    if path == Path("/"):
+        return "is the root of the host's file system"
+
+    for location in (*SYSTEM_LOCATIONS, *DOCKER_SOCKETS):
+        # Judge against both the literal and the resolved form: /var/run is often a link to /run.
+        for candidate in {Path(location), Path(os.path.realpath(location))}:
+            if is_within(path, candidate):
+                return f"lies inside {candidate}, which exposes the host"
+            if is_within(candidate, path):
+                return f"contains {candidate}, which exposes the host"
+
+    for home in homes:
+        if is_within(home, path):
+            return f"is or contains the home directory {home} and its credentials"
+        for store in CREDENTIAL_STORES:
+            credential = home / store
+            if is_within(path, credential):
+                return f"lies inside the credential store {credential}"
+
+    if path.name == ".env" or is_dotenv(path.name):
+        return "is a .env file, which usually holds secrets"
+    return None
+
+
+def is_dotenv(name: str) -> bool:
+    if name in (".env", ".envrc"):
+        return True
+    return name.startswith(".env.") and not name.endswith(DOTENV_TEMPLATE_SUFFIXES)
+
+
+def scan_source(root: Path, *, skip: Iterable[Path] = ()) -> Iterator[Finding]:
+    """Yield entries under `root` that must never reach an agent: sockets, dotenv files, mounts.
+
+    A Unix socket stays usable through a read-only bind mount, so a socket
+    anywhere in the source is as dangerous as the Docker socket itself.
+    """
+    skipped = {Path(os.path.realpath(path)) for path in skip}
+    mount_points = _mount_points_below(root)
+    for mount_point in mount_points:
+        if not any(is_within(mount_point, masked) for masked in skipped):
+            yield Finding(
+                mount_point,
+                "is a mount point inside the source; Docker 20.10 mounts nested mounts "
+                "writable even in a read-only bind",
+            )
+
+    pending = [root]
+    visited = 0
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            yield Finding(Path(folder), f"cannot be read ({exc.strerror}); fix its permissions")
+            continue
+        for entry in entries:
+            visited += 1
+            if visited > SOURCE_SCAN_LIMIT:
+                yield Finding(root, f"holds more than {SOURCE_SCAN_LIMIT} entries; point source at a smaller folder")
+                return
+            entry_path = Path(entry.path)
+            if entry_path in skipped:
+                continue
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISSOCK(mode):
+                yield Finding(entry_path, "is a Unix socket, usable even through a read-only mount")
+            elif stat.S_ISREG(mode) and is_dotenv(entry.name):
+                yield Finding(entry_path, "is a .env file, which usually holds secrets")
+            elif stat.S_ISDIR(mode):
+                pending.append(entry_path)
+
+
+def _mount_points_below(root: Path) -> list[Path]:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+            lines = mountinfo.readlines()
+    except OSError:
+        return []
+    points = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        # The mount point is field 5, with spaces and other bytes octal-escaped.
+        point = Path(fields[4].encode().decode("unicode_escape"))
+        if point != root and root in point.parents:
+            points.append(point)
+    return points

@@ -1,0 +1,326 @@
+"""Manifest v1: the YAML file that lists the agents of a run, as pydantic models.
+
+Every model forbids unknown keys, so a misspelt field is an error rather than a
+silently ignored setting. `load_manifest` returns a validated `Manifest` or
+raises `ManifestError` with one located problem per mistake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
+
+from . import yamlsource
+from .errors import ManifestError, Problem
+from .manifest_errors import problems_from_validation, render_path
+from .profiles import PROFILE_NAMES
+from .units import parse_duration, parse_size
+
+DEFAULT_IMAGE = "orchestrate/base:latest"
+DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MIN_MEMORY = 6 * 1024 * 1024  # Docker rejects a memory limit below 6 MiB.
+
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema({"type": ["string", "integer"], "examples": ["512m", "4g"]}),
+]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"type": ["string", "number"], "examples": ["90s", "30m"]}),
+]
+
+
+def _check_env_name(value: object) -> object:
+    if not isinstance(value, str) or not ENV_NAME.fullmatch(value):
+        raise ValueError(
+            f"invalid variable name {value!r}; use letters, digits and underscores, "
+            "not starting with a digit, such as MY_TOKEN"
+        )
+    if value.upper().startswith("DOCKER_"):
+        raise ValueError(
+            f"variable {value} is refused: DOCKER_* variables can hand an agent the Docker "
+            "daemon, which is root on the host; remove it"
+        )
+    return value
+
+
+EnvName = Annotated[str, BeforeValidator(_check_env_name)]
+
+
+def _check_claim_glob(value: object) -> object:
+    """Validate a `writes` glob: a relative POSIX pattern inside the output tree."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"invalid glob {value!r}; use a relative pattern such as docs/**")
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError(f"invalid glob {value!r}; remove the control characters")
+    if value.startswith("/") or "\\" in value:
+        raise ValueError(f"invalid glob '{value}'; use a relative path with / such as docs/**")
+    parts = value.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(
+            f"invalid glob '{value}'; empty, '.' and '..' segments are not allowed, "
+            "write a plain relative pattern such as docs/**"
+        )
+    if any("**" in part and part != "**" for part in parts):
+        raise ValueError(f"invalid glob '{value}'; '**' must be a whole segment, as in docs/**/x")
+    return value
+
+
+ClaimGlob = Annotated[str, BeforeValidator(_check_claim_glob)]
+
+
+def _split_command(value: object) -> object:
+    # A string is split like a shell would split words, but never run by a shell.
+    if isinstance(value, str):
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"invalid command '{value}': {exc}; fix the quoting") from exc
+        return words
+    return value
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(Model):
+    """Limits of one container; `tmp` and `home` size the tmpfs at /tmp and $HOME."""
+
+    cpus: float = Field(default=1.0, gt=0, le=1024)
+    memory: Size = 1024**3
+    pids: int = Field(default=256, ge=8, le=1_000_000)
+    tmp: Size = 256 * 1024**2
+    home: Size = 64 * 1024**2
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_floor(cls, value: int) -> int:
+        if value < MIN_MEMORY:
+            raise ValueError(f"memory limit {value} bytes is below Docker's minimum; use 6m or more")
+        return value
+
+
+class ResourceOverrides(Model):
+    """Per-agent limits; unset fields fall back to `defaults.resources`."""
+
+    cpus: float | None = Field(default=None, gt=0, le=1024)
+    memory: Size | None = None
+    pids: int | None = Field(default=None, ge=8, le=1_000_000)
+    tmp: Size | None = None
+    home: Size | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_floor(cls, value: int | None) -> int | None:
+        if value is not None and value < MIN_MEMORY:
+            raise ValueError(f"memory limit {value} bytes is below Docker's minimum; use 6m or more")
+        return value
+
+
+class Defaults(Model):
+    image: str = DEFAULT_IMAGE
+    resources: Resources = Resources()
+    timeout: Duration = 30 * 60.0
+    env: list[EnvName] = []
+
+
+class Source(Model):
+    """The host folder every agent reads, mounted read-only at /workspace/src."""
+
+    path: str = Field(min_length=1)
+    mode: Literal["read-only"] = "read-only"
+
+
+class Agent(Model):
+    name: str
+    profile: str = "custom"
+    description: str | None = None
+    image: str | None = None
+    command: Annotated[list[str], BeforeValidator(_split_command)] = Field(min_length=1)
+    workdir: str = "/workspace/output"
+    env: list[EnvName] = []
+    resources: ResourceOverrides = ResourceOverrides()
+    timeout: Duration | None = None
+    writes: list[ClaimGlob] = []
+    workspace: str | None = Field(default=None, min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not DNS_LABEL.fullmatch(value):
+            raise ValueError(
+                f"invalid agent name '{value}'; use lowercase letters, digits and '-', "
+                "at most 63 characters, starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in PROFILE_NAMES:
+            known = ", ".join(sorted(PROFILE_NAMES))
+            raise ValueError(f"unknown profile '{value}'; use one of: {known}")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute_workdir(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in PurePosixPath(value).parts:
+            raise ValueError(
+                f"invalid workdir '{value}'; use an absolute path in the container, "
+                "such as /workspace/output"
+            )
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty_words(cls, value: list[str]) -> list[str]:
+        if not value or not value[0].strip():
+            raise ValueError("command is empty; give the program to run, such as [python3, app.py]")
+        if any("\x00" in word for word in value):
+            raise ValueError("command contains a NUL character; remove it")
+        return value
+
+
+class SharedPath(Model):
+    """A path in the output tree that several agents may write, and how."""
+
+    path: ClaimGlob
+    mode: Literal["exclusive", "append"] = "exclusive"
+
+
+def _source_from_text(value: object) -> object:
+    return {"path": value} if isinstance(value, str) else value
+
+
+class Manifest(Model):
+    version: Literal[1]
+    name: str
+    description: str | None = None
+    source: Annotated[Source, BeforeValidator(_source_from_text)]
+    output: str = Field(default="./generated", min_length=1)
+    defaults: Defaults = Defaults()
+    agents: list[Agent] = Field(min_length=1, max_length=500)
+    shared: list[SharedPath] = []
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not DNS_LABEL.fullmatch(value):
+            raise ValueError(
+                f"invalid manifest name '{value}'; use lowercase letters, digits and '-', "
+                "such as nightly-review"
+            )
+        return value
+
+
+class LoadedManifest(BaseModel):
+    """A validated manifest with where it came from; relative paths resolve against `base_dir`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    manifest: Manifest
+    path: Path
+    base_dir: Path
+    sha256: str
+    lines: dict[tuple[str | int, ...], int]
+
+    def line_of(self, *field_path: str | int) -> int | None:
+        return yamlsource.LocatedDocument(None, self.lines).line_of(field_path)
+
+    def problem(self, field_path: tuple[str | int, ...], message: str) -> Problem:
+        return Problem(str(self.path), self.line_of(*field_path), render_path(field_path), message)
+
+
+def load_manifest(path: Path) -> LoadedManifest:
+    """Read, parse and validate a manifest file."""
+    shown = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError([Problem(shown, None, "", "file not found; check the path")]) from None
+    except IsADirectoryError:
+        raise ManifestError([Problem(shown, None, "", "is a folder; give a manifest file")]) from None
+    except OSError as exc:
+        raise ManifestError([Problem(shown, None, "", f"cannot read: {exc.strerror}")]) from exc
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+        raise ManifestError([Problem(shown, None, "", message)]) from exc
+
+    try:
+        document = yamlsource.load(text)
+    except yamlsource.YamlProblem as exc:
+        raise ManifestError([Problem(shown, exc.line, "", exc.message)]) from exc
+
+    manifest = parse_manifest(document, shown)
+    return LoadedManifest(
+        manifest=manifest,
+        path=path,
+        base_dir=path.resolve().parent,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        lines=document.lines,
+    )
+
+
+def parse_manifest(document: yamlsource.LocatedDocument, shown: str) -> Manifest:
+    """Validate a parsed document; raise ManifestError listing every problem."""
+    data: Any = document.data
+    if data is None:
+        raise ManifestError([Problem(shown, None, "", "file is empty; start from configs/agents.example.yaml")])
+    if not isinstance(data, dict):
+        message = f"the top level must be a mapping of fields, not {type(data).__name__}"
+        raise ManifestError([Problem(shown, 1, "", message)])
+
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(problems_from_validation(exc, document, shown)) from None
+
+    problems = _cross_field_problems(manifest, document, shown)
+    if problems:
+        raise ManifestError(problems)
+    return manifest
+
+
+def _cross_field_problems(
+    manifest: Manifest, document: yamlsource.LocatedDocument, shown: str
+) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def add(path: tuple[str | int, ...], message: str) -> None:
+        problems.append(Problem(shown, document.line_of(path), render_path(path), message))
+
+    first_index: dict[str, int] = {}
+    for index, agent in enumerate(manifest.agents):
+        if agent.name in first_index:
+            first = first_index[agent.name]
+            add(("agents", index, "name"), f"duplicate agent name '{agent.name}' (also agents[{first}]); rename one")
+        first_index.setdefault(agent.name, index)
+
+    seen_shared: dict[str, int] = {}
+    for index, shared in enumerate(manifest.shared):
+        if shared.path in seen_shared:
+            add(("shared", index, "path"), f"duplicate shared path '{shared.path}'; list it once")
+        seen_shared.setdefault(shared.path, index)
+
+    return problems

@@ -1,0 +1,279 @@
+"""Resolve a manifest into the exact container specs that `run` starts.
+
+`build_plan` is pure: it takes the manifest and facts about the host and returns
+a `RunPlan`, or raises `PlanError` listing every unsafe or impossible setting.
+`orchestrate plan` prints this object, so what runs is what was reviewed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from . import __version__
+from .errors import PlanError
+from .manifest import Agent, LoadedManifest, Resources
+from .plan_checks import check_paths
+
+SOURCE_TARGET = "/workspace/src"
+OUTPUT_TARGET = "/workspace/output"
+HOME_TARGET = "/home/agent"
+TMP_TARGET = "/tmp"
+# The unprivileged UID and GID that agents run as when orchestrate itself runs as root.
+FALLBACK_UID = 1000
+FALLBACK_GID = 1000
+
+LABEL_RUN = "orchestrate.run"
+LABEL_AGENT = "orchestrate.agent"
+LABEL_VERSION = "orchestrate.version"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the plan needs to know about the machine; gathered by the runtime."""
+
+    uid: int
+    gid: int
+    cpu_count: int
+    images: dict[str, str | None] = field(default_factory=dict)
+    # Host UID that container UID 0 maps to under userns-remap; 0 without remapping.
+    userns_offset: int = 0
+    environment: dict[str, str] = field(default_factory=dict)
+    homes: tuple[Path, ...] = ()
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class MountSpec(Frozen):
+    type: Literal["bind", "tmpfs"]
+    target: str
+    read_only: bool
+    source: str | None = None
+    size: int | None = None
+    purpose: str
+
+
+class LimitSpec(Frozen):
+    cpus: float
+    memory: int
+    pids: int
+
+
+class SecuritySpec(Frozen):
+    network_mode: Literal["none"] = "none"
+    cap_drop: tuple[str, ...] = ("ALL",)
+    cap_add: tuple[str, ...] = ()
+    privileged: bool = False
+    no_new_privileges: bool = True
+    read_only_rootfs: bool = True
+    seccomp: Literal["default"] = "default"
+    ipc_mode: Literal["private"] = "private"
+
+
+class ContainerSpec(Frozen):
+    name: str
+    hostname: str
+    image: str
+    image_id: str | None
+    command: tuple[str, ...]
+    user: str
+    workdir: str
+    env_names: tuple[str, ...]
+    # Variables the orchestrator sets itself; none of them is a secret.
+    fixed_env: dict[str, str]
+    mounts: tuple[MountSpec, ...]
+    limits: LimitSpec
+    security: SecuritySpec = SecuritySpec()
+    runtime: str = "runc"
+    labels: dict[str, str]
+
+
+class AgentPlan(Frozen):
+    name: str
+    profile: str
+    container: ContainerSpec
+    workspace: Path
+    log_path: Path
+    timeout: float
+    writes: tuple[str, ...]
+    # Host owner of the workspace, so the agent's UID can write it.
+    host_uid: int
+    host_gid: int
+
+
+class SharedPlan(Frozen):
+    path: str
+    mode: Literal["exclusive", "append"]
+
+
+class RunPlan(Frozen):
+    run_id: str
+    manifest: Path
+    manifest_sha256: str
+    run_dir: Path
+    source: Path
+    output: Path
+    agents: tuple[AgentPlan, ...]
+    shared: tuple[SharedPlan, ...]
+    weakenings: tuple[str, ...] = ()
+
+
+def new_run_id(manifest_name: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{manifest_name}-{stamp}-{secrets.token_hex(3)}"
+
+
+def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run_id: str) -> RunPlan:
+    """Resolve every agent's container spec and check every invariant before anything starts."""
+    manifest = loaded.manifest
+    run_dir = runs_root / run_id
+    paths = check_paths(loaded, facts, runs_root=runs_root, run_dir=run_dir)
+
+    problems = []
+    agents = []
+    for index, agent in enumerate(manifest.agents):
+        image = agent.image or manifest.defaults.image
+        if image not in facts.images:
+            raise AssertionError(f"facts hold no entry for image {image}")
+        if facts.images[image] is None:
+            problems.append(loaded.problem(
+                ("agents", index, "image") if agent.image else ("defaults", "image"),
+                f"image {image} is not on this machine; build it with `orchestrate images build`"
+                " or pull it with `docker pull`",
+            ))
+
+        limits = _limits(manifest.defaults.resources, agent)
+        if limits.cpus > facts.cpu_count:
+            problems.append(loaded.problem(
+                ("agents", index, "resources", "cpus"),
+                f"asks for {limits.cpus} CPUs but this machine has {facts.cpu_count}; lower it",
+            ))
+
+        env_names = tuple(dict.fromkeys([*manifest.defaults.env, *agent.env]))
+        for name in env_names:
+            if name not in facts.environment:
+                field_path = ("agents", index, "env") if name in agent.env else ("defaults", "env")
+                problems.append(loaded.problem(
+                    field_path, f"host variable {name} is not set; export it or remove it from env",
+                ))
+
+        agents.append(_agent_plan(
+            agent,
+            image=image,
+            image_id=facts.images[image],
+            limits=limits,
+            resources=_resources(manifest.defaults.resources, agent),
+            env_names=env_names,
+            workspace=paths.workspaces[agent.name],
+            source=paths.source,
+            masks=paths.masks,
+            run_dir=run_dir,
+            run_id=run_id,
+            facts=facts,
+            timeout=agent.timeout or manifest.defaults.timeout,
+        ))
+
+    problems.extend(paths.problems)
+    if problems:
+        problems.sort(key=lambda problem: (problem.line or 0, problem.field))
+        raise PlanError(problems)
+
+    return RunPlan(
+        run_id=run_id,
+        manifest=loaded.path.resolve(),
+        manifest_sha256=loaded.sha256,
+        run_dir=run_dir,
+        source=paths.source,
+        output=paths.output,
+        agents=tuple(agents),
+        shared=tuple(SharedPlan(path=item.path, mode=item.mode) for item in manifest.shared),
+    )
+
+
+def _resources(defaults: Resources, agent: Agent) -> Resources:
+    overrides = agent.resources.model_dump(exclude_none=True)
+    return defaults.model_copy(update=overrides)
+
+
+def _limits(defaults: Resources, agent: Agent) -> LimitSpec:
+    resources = _resources(defaults, agent)
+    return LimitSpec(cpus=resources.cpus, memory=resources.memory, pids=resources.pids)
+
+
+def _agent_plan(
+    agent: Agent,
+    *,
+    image: str,
+    image_id: str | None,
+    limits: LimitSpec,
+    resources: Resources,
+    env_names: tuple[str, ...],
+    workspace: Path,
+    source: Path,
+    masks: tuple[Path, ...],
+    run_dir: Path,
+    run_id: str,
+    facts: HostFacts,
+    timeout: float,
+) -> AgentPlan:
+    if facts.uid == 0:
+        uid, gid = FALLBACK_UID, FALLBACK_GID
+    else:
+        uid, gid = facts.uid, facts.gid
+
+    mounts = [
+        MountSpec(type="bind", source=str(source), target=SOURCE_TARGET, read_only=True,
+                  purpose="the source, read-only"),
+        *(
+            MountSpec(type="tmpfs", target=f"{SOURCE_TARGET}/{mask.relative_to(source)}",
+                      read_only=True, size=4096,
+                      purpose="hides run folders that lie inside the source")
+            for mask in masks
+        ),
+        MountSpec(type="bind", source=str(workspace), target=OUTPUT_TARGET, read_only=False,
+                  purpose="this agent's private workspace"),
+        MountSpec(type="tmpfs", target=TMP_TARGET, read_only=False, size=resources.tmp,
+                  purpose="scratch space, counted against the memory limit"),
+        MountSpec(type="tmpfs", target=HOME_TARGET, read_only=False, size=resources.home,
+                  purpose="home directory for tool configuration"),
+    ]
+
+    container = ContainerSpec(
+        name=f"orchestrate-{run_id}-{agent.name}",
+        hostname=agent.name,
+        image=image,
+        image_id=image_id,
+        command=tuple(agent.command),
+        user=f"{uid}:{gid}",
+        workdir=agent.workdir,
+        env_names=env_names,
+        fixed_env={"HOME": HOME_TARGET, "ORCHESTRATE_RUN": run_id, "ORCHESTRATE_AGENT": agent.name},
+        mounts=tuple(mounts),
+        limits=limits,
+        labels={LABEL_RUN: run_id, LABEL_AGENT: agent.name, LABEL_VERSION: __version__},
+    )
+    return AgentPlan(
+        name=agent.name,
+        profile=agent.profile,
+        container=container,
+        workspace=workspace,
+        log_path=run_dir / "agents" / f"{agent.name}.log",
+        timeout=timeout,
+        writes=tuple(agent.writes),
+        host_uid=facts.userns_offset + uid,
+        host_gid=facts.userns_offset + gid,
+    )
+
+
+def container_environment(spec: ContainerSpec, environment: dict[str, str]) -> dict[str, str]:
+    """Return the variables an agent receives: the named host variables and fixed ones."""
+    values = {name: environment[name] for name in spec.env_names}
+    values.update(spec.fixed_env)
+    return values

@@ -1,0 +1,113 @@
+"""Host-path checks of a plan: sensitive locations, overlapping writable paths, the source scan."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import Problem
+from .hostpaths import home_directories, is_within, scan_source, sensitive_reason
+
+if TYPE_CHECKING:
+    from .manifest import LoadedManifest
+    from .plan import HostFacts
+
+
+@dataclass
+class CheckedPaths:
+    source: Path
+    output: Path
+    workspaces: dict[str, Path]
+    # Writable run folders inside the source, hidden from agents by an empty mount.
+    masks: tuple[Path, ...]
+    problems: list[Problem] = field(default_factory=list)
+
+
+def resolve(base: Path, text: str) -> Path:
+    """Resolve a manifest path against the manifest's folder, following every symlink."""
+    return Path(os.path.realpath(base / Path(text).expanduser()))
+
+
+def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run_dir: Path) -> CheckedPaths:
+    manifest = loaded.manifest
+    homes = list(facts.homes) or home_directories()
+    problems: list[Problem] = []
+
+    def reject(field_path: tuple[str | int, ...], message: str) -> None:
+        problems.append(loaded.problem(field_path, message))
+
+    source = resolve(loaded.base_dir, manifest.source.path)
+    output = resolve(loaded.base_dir, manifest.output)
+    runs = Path(os.path.realpath(runs_root))
+
+    for field_path, path in ((("source",), source), (("output",), output)):
+        reason = sensitive_reason(path, homes)
+        if reason:
+            reject(field_path, f"{path} {reason}; choose a project folder instead")
+
+    if not source.exists():
+        reject(("source",), f"{source} does not exist; create it or fix the path")
+    elif not source.is_dir():
+        reject(("source",), f"{source} is not a folder; give the folder agents should read")
+
+    reason = sensitive_reason(runs, homes)
+    if reason:
+        reject(("source",), f"the runs folder {runs} {reason}; pass --runs-dir with a project folder")
+
+    workspaces: dict[str, Path] = {}
+    for index, agent in enumerate(manifest.agents):
+        if agent.workspace is None:
+            workspaces[agent.name] = run_dir / "agents" / agent.name
+            continue
+        workspace = resolve(loaded.base_dir, agent.workspace)
+        workspaces[agent.name] = workspace
+        field_path = ("agents", index, "workspace")
+        reason = sensitive_reason(workspace, homes)
+        if reason:
+            reject(field_path, f"{workspace} {reason}; choose a project folder instead")
+        if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
+            reject(field_path, f"{workspace} exists and is not an empty folder; empty it or remove the field")
+
+    problems.extend(_overlap_problems(loaded, workspaces, source=source, output=output))
+
+    masks = [runs] if is_within(runs, source) and runs != source else []
+    for index, agent in enumerate(manifest.agents):
+        workspace = workspaces[agent.name]
+        if agent.workspace is not None and is_within(workspace, source) and workspace != source:
+            if not any(is_within(workspace, mask) for mask in masks):
+                masks.append(workspace)
+    if is_within(source, runs):
+        reject(("source",), f"{source} lies inside the runs folder {runs}; move one of them")
+
+    if source.is_dir() and not any(problem.field == "source" for problem in problems):
+        for finding in scan_source(source, skip=masks):
+            reject(("source",), f"{finding.path} {finding.reason}; move it out of the source "
+                   "or point source at a folder without it")
+
+    return CheckedPaths(source=source, output=output, workspaces=workspaces, masks=tuple(masks), problems=problems)
+
+
+def _overlap_problems(
+    loaded: LoadedManifest, workspaces: dict[str, Path], *, source: Path, output: Path
+) -> list[Problem]:
+    """Reject writable paths that are equal to or nested in another writable or shared path."""
+    problems: list[Problem] = []
+    index_of = {agent.name: index for index, agent in enumerate(loaded.manifest.agents)}
+    names = list(workspaces)
+
+    for position, name in enumerate(names):
+        workspace = workspaces[name]
+        field_path = ("agents", index_of[name], "workspace")
+        for other in names[position + 1:]:
+            other_path = workspaces[other]
+            if workspace == other_path:
+                problems.append(loaded.problem(field_path, f"{workspace} is also the workspace of agent {other}; give each agent its own"))
+            elif is_within(workspace, other_path) or is_within(other_path, workspace):
+                problems.append(loaded.problem(field_path, f"{workspace} and the workspace of agent {other} ({other_path}) are nested; use disjoint folders"))
+        if is_within(source, workspace):
+            problems.append(loaded.problem(field_path, f"{workspace} contains the source {source}, which would make the source writable; use another folder"))
+        if is_within(workspace, output) or is_within(output, workspace):
+            problems.append(loaded.problem(field_path, f"{workspace} overlaps the output tree {output}, which only orchestrate writes; use another folder"))
+    return problems

@@ -1,0 +1,91 @@
+"""Plain-text views of a plan and of a run result, for people at a terminal."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+from .plan import AgentPlan, MountSpec, RunPlan
+from .results import RunResult
+from .units import format_duration, format_size
+
+
+def _shown(path: Path | str) -> str:
+    """Show a path relative to the current folder when it lies below it."""
+    text = str(path)
+    relative = os.path.relpath(text)
+    return relative if not relative.startswith("..") else text
+
+
+def plan_text(plan: RunPlan) -> str:
+    lines = [
+        f"Plan for run {plan.run_id}",
+        f"  manifest  {_shown(plan.manifest)} (sha256 {plan.manifest_sha256[:12]})",
+        f"  source    {_shown(plan.source)}, read-only in every agent at /workspace/src",
+        f"  output    {_shown(plan.output)}",
+        f"  run folder {_shown(plan.run_dir)} (the run id is chosen anew by `orchestrate run`)",
+    ]
+    for shared in plan.shared:
+        lines.append(f"  shared    {shared.path} ({shared.mode})")
+    for agent in plan.agents:
+        lines.append("")
+        lines.extend(_agent_lines(agent))
+    return "\n".join(lines)
+
+
+def _agent_lines(agent: AgentPlan) -> list[str]:
+    spec = agent.container
+    limits = spec.limits
+    security = spec.security
+    image_id = f" ({spec.image_id[:19]})" if spec.image_id else ""
+    env = ", ".join(spec.env_names) if spec.env_names else "none from the host"
+    lines = [
+        f"agent {agent.name} (profile {agent.profile})",
+        f"  image     {spec.image}{image_id}",
+        f"  command   {shlex.join(spec.command)}",
+        f"  user      {spec.user}, workdir {spec.workdir}",
+        f"  env       {env}; set by orchestrate: {', '.join(sorted(spec.fixed_env))}",
+        f"  limits    {limits.cpus:g} CPUs, memory {format_size(limits.memory)}, "
+        f"{limits.pids} processes, time {format_duration(agent.timeout)}",
+        f"  security  network {security.network_mode}, capabilities dropped: {', '.join(security.cap_drop)}, "
+        f"no-new-privileges, read-only root, seccomp {security.seccomp}, "
+        f"{'privileged' if security.privileged else 'not privileged'}, runtime {spec.runtime}",
+    ]
+    lines.append("  mounts    " + _mount_line(spec.mounts[0]))
+    lines.extend("            " + _mount_line(mount) for mount in spec.mounts[1:])
+    if agent.writes:
+        lines.append(f"  writes    {', '.join(agent.writes)}")
+    lines.append("  labels    " + ", ".join(f"{key}={value}" for key, value in sorted(spec.labels.items())))
+    return lines
+
+
+def _mount_line(mount: MountSpec) -> str:
+    mode = "ro" if mount.read_only else "rw"
+    if mount.type == "bind":
+        origin = _shown(mount.source or "")
+    else:
+        origin = f"tmpfs {format_size(mount.size or 0)}"
+    return f"{mode} {origin} -> {mount.target}  ({mount.purpose})"
+
+
+def result_text(result: RunResult) -> str:
+    rows = [("AGENT", "STATE", "EXIT", "SECONDS", "FILES", "NOTE")]
+    for agent in result.agents:
+        rows.append((
+            agent.name,
+            agent.state,
+            "-" if agent.exit_code is None else str(agent.exit_code),
+            "-" if agent.seconds is None else f"{agent.seconds:.2f}",
+            str(agent.files),
+            agent.message or "",
+        ))
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)) + "  " + row[5]
+        for row in rows
+    ]
+    lines.append("")
+    lines.append(f"run {result.run_id}: {result.headline()} in {result.seconds:.2f} s")
+    lines.append(f"workspaces and logs: {_shown(result.run_dir / 'agents')}")
+    return "\n".join(line.rstrip() for line in lines)

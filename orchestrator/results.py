@@ -1,0 +1,155 @@
+"""The outcome of a run and of each agent in it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import EXIT_AGENT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .units import format_size
+
+if TYPE_CHECKING:
+    from .plan import AgentPlan
+    from .workspace import WorkspaceScan
+
+# Final states of an agent. Only "succeeded" counts as success.
+STATES = ("succeeded", "failed", "timed-out", "interrupted", "error", "evidence-missing", "violation")
+
+
+@dataclass
+class AgentResult:
+    name: str
+    workspace: Path
+    log_path: Path
+    memory_limit: int
+    state: str = "pending"
+    exit_code: int | None = None
+    oom_killed: bool = False
+    seconds: float | None = None
+    files: int = 0
+    bytes: int = 0
+    findings: list[str] = field(default_factory=list)
+    message: str | None = None
+    timed_out: bool = False
+    interrupted: bool = False
+    effective_pids: int | None = None
+    effective_memory: int | None = None
+    stop_seconds: float | None = None
+    _failure: tuple[str, str] | None = None
+    _started: float | None = None
+    _ended: float | None = None
+
+    @classmethod
+    def pending(cls, agent: AgentPlan) -> AgentResult:
+        return cls(
+            name=agent.name,
+            workspace=agent.workspace,
+            log_path=agent.log_path,
+            memory_limit=agent.container.limits.memory,
+        )
+
+    def fail(self, state: str, message: str) -> None:
+        """Record the first failure; later ones are consequences of it."""
+        if self._failure is None:
+            self._failure = (state, message)
+
+    def mark_started(self) -> None:
+        self._started = time.monotonic()
+
+    def mark_ended(self) -> None:
+        if self._started is not None and self._ended is None:
+            self._ended = time.monotonic()
+
+    def record_exit(self, exit_code: int, oom_killed: bool) -> None:
+        if self._started is None:
+            return
+        self.mark_ended()
+        self.exit_code = exit_code
+        self.oom_killed = oom_killed
+
+    def record_workspace(self, scan: WorkspaceScan) -> None:
+        self.files = scan.files
+        self.bytes = scan.bytes
+        self.findings = scan.findings
+        if scan.findings:
+            self.fail("violation", f"the workspace hides {len(scan.findings)} entr{'y' if len(scan.findings) == 1 else 'ies'}: {scan.findings[0]}")
+
+    def settle(self) -> None:
+        """Decide the final state from everything recorded."""
+        if self._started is not None and self._ended is not None:
+            self.seconds = self._ended - self._started
+        if self._failure is not None:
+            self.state, self.message = self._failure
+        elif self.interrupted:
+            self.state, self.message = "interrupted", "stopped because the run was interrupted"
+        elif self.timed_out:
+            self.state, self.message = "timed-out", "killed after its time limit"
+        elif self.exit_code == 0:
+            self.state = "succeeded"
+        elif self.exit_code is None:
+            self.state, self.message = "error", "no exit status was recorded"
+        else:
+            self.state = "failed"
+            if self.oom_killed:
+                self.message = f"killed for using more than its memory limit of {format_size(self.memory_limit)}"
+
+    def describe(self) -> str:
+        parts = [f"exit {self.exit_code}" if self.exit_code is not None else "no exit code"]
+        if self.seconds is not None:
+            parts.append(f"{self.seconds:.2f} s")
+        parts.append(f"{self.files} file{'s' if self.files != 1 else ''}")
+        text = f"{self.state} ({', '.join(parts)})"
+        return f"{text}: {self.message}" if self.message else text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "oom_killed": self.oom_killed,
+            "seconds": None if self.seconds is None else round(self.seconds, 3),
+            "files": self.files,
+            "bytes": self.bytes,
+            "findings": self.findings,
+            "message": self.message,
+            "workspace": str(self.workspace),
+            "log": str(self.log_path),
+            "effective_limits": {"pids": self.effective_pids, "memory": self.effective_memory},
+            "stop_seconds": None if self.stop_seconds is None else round(self.stop_seconds, 3),
+        }
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    agents: list[AgentResult]
+    interrupted_by: str | None
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted_by is not None:
+            return EXIT_INTERRUPTED
+        if all(agent.state == "succeeded" for agent in self.agents):
+            return EXIT_OK
+        return EXIT_AGENT_FAILED
+
+    def headline(self) -> str:
+        succeeded = sum(agent.state == "succeeded" for agent in self.agents)
+        text = f"{succeeded} of {len(self.agents)} agents succeeded"
+        if self.interrupted_by:
+            text += f"; interrupted by {self.interrupted_by}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "exit_code": self.exit_code,
+            "interrupted_by": self.interrupted_by,
+            "seconds": round(self.seconds, 3),
+            "agents": [agent.to_json() for agent in self.agents],
+        }

@@ -1,0 +1,38 @@
+"""The steps behind `orchestrate plan` and `orchestrate run`: load, plan, execute."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+
+from .manifest import LoadedManifest, load_manifest
+from .plan import RunPlan, build_plan, new_run_id
+from .results import RunResult
+from .runtime import Runtime
+from .shutdown import DEFAULT_GRACE
+from .supervisor import Supervisor
+
+
+def plan_manifest(
+    manifest_path: Path, runtime: Runtime, *, runs_root: Path, run_id: str | None = None
+) -> tuple[LoadedManifest, RunPlan]:
+    """Load a manifest and resolve it against this machine; raise on any problem."""
+    loaded = load_manifest(manifest_path)
+    manifest = loaded.manifest
+    images = sorted({agent.image or manifest.defaults.image for agent in manifest.agents})
+    facts = runtime.host_facts(images, dict(os.environ))
+    plan = build_plan(
+        loaded,
+        facts,
+        runs_root=runs_root.absolute(),
+        run_id=run_id or new_run_id(manifest.name),
+    )
+    return loaded, plan
+
+
+def execute(plan: RunPlan, runtime: Runtime, *, grace: float = DEFAULT_GRACE, handle_signals: bool = True) -> RunResult:
+    """Run every agent of `plan` to completion, timeout or interruption."""
+    supervisor = Supervisor(plan, runtime, dict(os.environ), grace=grace, handle_signals=handle_signals)
+    return anyio.run(supervisor.run)

@@ -1,0 +1,78 @@
+"""Read the limits that the kernel really enforces on a container, from its cgroup files.
+
+An engine can accept a pids or memory limit and then drop it with only a
+warning (a kernel without the controller, a missing cgroup mount). Reading the
+cgroup back is the only proof that a limit is in force. Both cgroup v1 (one
+hierarchy per controller) and v2 (one unified hierarchy) are handled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import EffectiveLimits
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# cgroup v1 reports "no memory limit" as a page-aligned number near 2**63.
+V1_UNLIMITED_FLOOR = 2**62
+
+
+def read_effective_limits(pid: int, *, cgroup_root: Path = CGROUP_ROOT, proc: Path = Path("/proc")) -> EffectiveLimits:
+    """Return the pids and memory limits of the cgroup of process `pid`.
+
+    A limit reads as None when it cannot be read (the process is gone, or this
+    process sees another PID namespace than the engine), and as 0 when the
+    cgroup says there is no limit.
+    """
+    if pid <= 0:
+        return EffectiveLimits(pids=None, memory=None)
+    try:
+        membership = (proc / str(pid) / "cgroup").read_text(encoding="utf-8")
+    except OSError:
+        return EffectiveLimits(pids=None, memory=None)
+
+    paths = parse_membership(membership)
+    if "" in paths:
+        unified = cgroup_root / paths[""].lstrip("/")
+        if (unified / "cgroup.controllers").exists() and "pids" not in paths:
+            return EffectiveLimits(
+                pids=_read_limit(unified / "pids.max"),
+                memory=_read_limit(unified / "memory.max"),
+            )
+    pids = _read_limit(cgroup_root / "pids" / paths.get("pids", "/").lstrip("/") / "pids.max") if "pids" in paths else None
+    memory = (
+        _read_limit(cgroup_root / "memory" / paths["memory"].lstrip("/") / "memory.limit_in_bytes")
+        if "memory" in paths
+        else None
+    )
+    return EffectiveLimits(pids=pids, memory=memory)
+
+
+def parse_membership(text: str) -> dict[str, str]:
+    """Map each controller of a /proc/PID/cgroup file to its path; "" is the v2 hierarchy."""
+    paths: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _hierarchy, controllers, path = parts
+        if not controllers:
+            paths[""] = path
+            continue
+        for controller in controllers.split(","):
+            paths[controller] = path
+    return paths
+
+
+def _read_limit(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if text == "max":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return 0 if value >= V1_UNLIMITED_FLOOR else value

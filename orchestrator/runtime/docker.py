@@ -1,0 +1,256 @@
+"""The Docker implementation of the runtime seam, on the docker SDK's low-level API.
+
+The low-level API is used because it returns the engine's create-time
+warnings (the high-level one drops them) and lets `wait` run with no client
+timeout. Docker and requests exceptions are translated here, and only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import LogConfig, Mount
+
+from ..errors import DockerUnavailable, EnvironmentProblem
+from ..plan import ContainerSpec, HostFacts, container_environment
+from . import Created, EffectiveLimits, ExitStatus
+from .cgroups import read_effective_limits
+
+log = logging.getLogger(__name__)
+
+CONTROL_TIMEOUT = 60.0
+# Bounds what the engine stores per container, so a chatty agent cannot fill the disk.
+LOG_MAX_SIZE = "20m"
+LOG_MAX_FILES = "2"
+
+T = TypeVar("T")
+
+
+class ContainerGone(Exception):
+    """The container no longer exists; its evidence may be lost."""
+
+
+class RuntimeFailure(Exception):
+    """The engine rejected a request for one container; the message says why."""
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        raise ContainerGone(f"{action}: {exc.explanation or exc}") from exc
+    except docker.errors.APIError as exc:
+        raise RuntimeFailure(f"{action}: {exc.explanation or exc}") from exc
+    except requests.exceptions.Timeout as exc:
+        raise RuntimeFailure(f"{action}: the Docker engine did not answer in time ({exc})") from exc
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        raise DockerUnavailable(
+            f"{action}: cannot reach the Docker engine ({exc}); start it "
+            "(`sudo systemctl start docker` or `sudo dockerd &`) and check `docker info`"
+        ) from exc
+
+
+class DockerRuntime:
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        if client is None:
+            with _translated("connect"):
+                client = docker.DockerClient.from_env(timeout=int(CONTROL_TIMEOUT), max_pool_size=128)
+                client.ping()
+        self._client = client
+        self._api = client.api
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self._client
+
+    def close(self) -> None:
+        self._client.close()
+
+    def host_facts(self, images: list[str], environment: dict[str, str]) -> HostFacts:
+        with _translated("read engine info"):
+            info = self._api.info()
+        found = {image: self.image_id(image) for image in images}
+        return HostFacts(
+            uid=os.getuid(),
+            gid=os.getgid(),
+            cpu_count=int(info.get("NCPU") or os.cpu_count() or 1),
+            images=found,
+            userns_offset=_userns_offset(info),
+            environment=environment,
+        )
+
+    def image_id(self, image: str) -> str | None:
+        try:
+            with _translated(f"inspect image {image}"):
+                return str(self._api.inspect_image(image)["Id"])
+        except ContainerGone:
+            return None
+
+    def create(self, spec: ContainerSpec, environment: dict[str, str]) -> Created:
+        host_config = self._api.create_host_config(**_host_config_arguments(spec))
+        with _translated(f"create container {spec.name}"):
+            response = self._api.create_container(
+                image=spec.image_id or spec.image,
+                command=list(spec.command),
+                user=spec.user,
+                working_dir=spec.workdir,
+                environment=container_environment(spec, environment),
+                labels=spec.labels,
+                hostname=spec.hostname,
+                name=spec.name,
+                network_disabled=True,
+                host_config=host_config,
+            )
+        warnings = tuple(response.get("Warnings") or ())
+        return Created(container_id=response["Id"], warnings=warnings)
+
+    def start(self, container_id: str) -> None:
+        with _translated(f"start container {container_id[:12]}"):
+            self._api.start(container_id)
+
+    def wait(self, container_id: str) -> None:
+        with _translated(f"wait for container {container_id[:12]}"):
+            self._api.wait(container_id, timeout=None, condition="not-running")
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        with _translated(f"inspect container {container_id[:12]}"):
+            return dict(self._api.inspect_container(container_id))
+
+    def status(self, container_id: str) -> ExitStatus:
+        state = self.inspect(container_id)["State"]
+        return ExitStatus(
+            exit_code=int(state.get("ExitCode", -1)),
+            oom_killed=bool(state.get("OOMKilled")),
+            running=bool(state.get("Running")) or bool(state.get("Restarting")),
+        )
+
+    def effective_limits(self, container_id: str) -> EffectiveLimits:
+        pid = int(self.inspect(container_id)["State"].get("Pid") or 0)
+        return read_effective_limits(pid)
+
+    def signal(self, container_id: str, signal: str) -> None:
+        try:
+            with _translated(f"send {signal} to container {container_id[:12]}"):
+                self._api.kill(container_id, signal=signal)
+        except RuntimeFailure as exc:
+            # The engine answers 409 when the container has already stopped.
+            if "is not running" not in str(exc):
+                raise
+
+    def save_logs(self, container_id: str, path: Path, *, max_bytes: int) -> int:
+        """Copy the container's output to `path`, at most `max_bytes`; return bytes written."""
+        written = 0
+        with _translated(f"read logs of container {container_id[:12]}"), path.open("wb") as sink:
+            stream = self._api.logs(container_id, stdout=True, stderr=True, stream=True, follow=False)
+            try:
+                for chunk in stream:
+                    room = max_bytes - written
+                    sink.write(chunk[:room])
+                    written += min(len(chunk), room)
+                    if written >= max_bytes:
+                        sink.write(b"\n[orchestrate: output truncated at %d bytes]\n" % max_bytes)
+                        break
+            finally:
+                _close_stream(stream)
+        return written
+
+    def remove(self, container_id: str) -> None:
+        try:
+            with _translated(f"remove container {container_id[:12]}"):
+                self._api.remove_container(container_id, force=True, v=True)
+        except ContainerGone:
+            return
+
+    def list_labelled(self, labels: dict[str, str | None]) -> list[str]:
+        filters = [key if value is None else f"{key}={value}" for key, value in labels.items()]
+        with _translated("list containers"):
+            found = self._api.containers(all=True, filters={"label": filters})
+        return [str(item["Id"]) for item in found]
+
+
+def _host_config_arguments(spec: ContainerSpec) -> dict[str, Any]:
+    security = spec.security
+    binds = [
+        Mount(
+            target=mount.target,
+            source=mount.source,
+            type="bind",
+            read_only=mount.read_only,
+            propagation="rprivate",
+        )
+        for mount in spec.mounts
+        if mount.type == "bind"
+    ]
+    masks = [
+        Mount(target=mount.target, source=None, type="tmpfs", read_only=True, tmpfs_size=mount.size)
+        for mount in spec.mounts
+        if mount.type == "tmpfs" and mount.read_only
+    ]
+    uid, gid = spec.user.split(":")
+    # Writable tmpfs mounts go through Tmpfs because only its option string takes uid and gid.
+    tmpfs = {
+        mount.target: f"rw,nosuid,nodev,size={mount.size},uid={uid},gid={gid},mode=0700"
+        for mount in spec.mounts
+        if mount.type == "tmpfs" and not mount.read_only
+    }
+    security_options = ["no-new-privileges:true"] if security.no_new_privileges else []
+
+    return {
+        "network_mode": security.network_mode,
+        "cap_drop": list(security.cap_drop),
+        "cap_add": list(security.cap_add) or None,
+        "privileged": security.privileged,
+        "read_only": security.read_only_rootfs,
+        "security_opt": security_options,
+        "ipc_mode": security.ipc_mode,
+        "mounts": binds + masks,
+        "tmpfs": tmpfs,
+        "nano_cpus": int(spec.limits.cpus * 1_000_000_000),
+        "mem_limit": spec.limits.memory,
+        # Equal to the memory limit: no swap, so the memory limit is the real ceiling.
+        "memswap_limit": spec.limits.memory,
+        "pids_limit": spec.limits.pids,
+        "log_config": LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES}),
+        "runtime": spec.runtime,
+        "init": False,
+    }
+
+
+def _userns_offset(info: dict[str, Any]) -> int:
+    """Return the host UID that container UID 0 maps to when the engine remaps user namespaces."""
+    options = " ".join(info.get("SecurityOptions") or [])
+    if "name=rootless" in options:
+        raise EnvironmentProblem(
+            "rootless Docker is not supported yet: workspace ownership cannot be mapped; "
+            "use the system Docker engine"
+        )
+    if "name=userns" not in options:
+        return 0
+    return _subordinate_start("dockremap")
+
+
+def _subordinate_start(user: str) -> int:
+    try:
+        with open("/etc/subuid", encoding="utf-8") as subuid:
+            for line in subuid:
+                name, start, _count = line.strip().split(":")
+                if name == user:
+                    return int(start)
+    except (OSError, ValueError) as exc:
+        raise EnvironmentProblem(f"userns-remap is on but /etc/subuid cannot be read: {exc}") from exc
+    raise EnvironmentProblem(f"userns-remap is on but /etc/subuid has no entry for {user}")
+
+
+def _close_stream(stream: object) -> None:
+    close: Callable[[], None] | None = getattr(stream, "close", None)
+    if close is not None:
+        close()

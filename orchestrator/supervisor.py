@@ -1,0 +1,274 @@
+"""Run a plan: one task per agent, time limits on the orchestrator's clock, evidence before removal.
+
+Each agent task creates its container, checks that its limits are in force,
+starts it, waits for it to exit or for its time limit, and then, shielded from
+cancellation, stops it if needed, saves its exit state, inspect output and
+logs, and only then removes it. SIGINT or SIGTERM cancels every agent task; a
+second one skips the grace period. A final sweep by label stops any container
+of the run that a task did not get to record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import anyio
+
+from . import workspace
+from .errors import DockerUnavailable
+from .plan import LABEL_RUN, AgentPlan, RunPlan
+from .results import AgentResult, RunResult
+from .runtime import Runtime
+from .runtime.docker import ContainerGone, RuntimeFailure
+from .shutdown import DEFAULT_GRACE, stop_all, stop_container
+from .workers import Workers
+
+log = logging.getLogger(__name__)
+
+LOG_LIMIT_BYTES = 64 * 1024 * 1024
+EVIDENCE_DEADLINE = 120.0
+WAIT_RECONNECT_ATTEMPTS = 30
+
+
+class Supervisor:
+    def __init__(
+        self,
+        plan: RunPlan,
+        runtime: Runtime,
+        environment: dict[str, str],
+        *,
+        grace: float = DEFAULT_GRACE,
+        handle_signals: bool = True,
+    ) -> None:
+        self.plan = plan
+        self.runtime = runtime
+        self.environment = environment
+        self.grace = grace
+        self.handle_signals = handle_signals
+        self.workers = Workers(len(plan.agents))
+        self.force = anyio.Event()
+        self.results = {agent.name: AgentResult.pending(agent) for agent in plan.agents}
+        self.interrupted_by: str | None = None
+        self._containers: dict[str, str] = {}
+        self._agents_scope: anyio.CancelScope | None = None
+
+    async def run(self) -> RunResult:
+        started = time.monotonic()
+        workspace.prepare(self.plan)
+        _write_json(self.plan.run_dir / "plan.json", self.plan.model_dump(mode="json"))
+        log.info("run %s started with %d agents in %s", self.plan.run_id, len(self.plan.agents), self.plan.run_dir)
+
+        async with anyio.create_task_group() as outer:
+            if self.handle_signals:
+                outer.start_soon(self._watch_signals)
+            try:
+                await self._run_agents()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._sweep_leftovers()
+                outer.cancel_scope.cancel()
+
+        result = RunResult(
+            run_id=self.plan.run_id,
+            run_dir=self.plan.run_dir,
+            agents=[self.results[agent.name] for agent in self.plan.agents],
+            interrupted_by=self.interrupted_by,
+            seconds=time.monotonic() - started,
+        )
+        _write_json(self.plan.run_dir / "result.json", result.to_json())
+        log.info("run %s ended in %.2f s: %s", self.plan.run_id, result.seconds, result.headline())
+        return result
+
+    async def _run_agents(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._agents_scope = scope
+            async with anyio.create_task_group() as group:
+                for agent in self.plan.agents:
+                    group.start_soon(self._supervise, agent)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for received in signals:
+                name = signal.Signals(received).name
+                if self.interrupted_by is None:
+                    self.interrupted_by = name
+                    log.warning("%s received: stopping every agent (send it again to kill at once)", name)
+                    if self._agents_scope is not None:
+                        self._agents_scope.cancel()
+                else:
+                    log.warning("%s received again: killing every agent now", name)
+                    self.force.set()
+
+    async def _supervise(self, agent: AgentPlan) -> None:
+        result = self.results[agent.name]
+        try:
+            if await self._launch(agent, result):
+                await self._await_exit(agent, result)
+        except anyio.get_cancelled_exc_class():
+            result.interrupted = True
+            raise
+        except DockerUnavailable as exc:
+            result.fail("error", str(exc))
+        finally:
+            container_id = self._containers.get(agent.name)
+            if container_id is not None:
+                with anyio.move_on_after(EVIDENCE_DEADLINE, shield=True):
+                    await self._finish(agent, container_id, result)
+            result.settle()
+            log.info("agent %s: %s", agent.name, result.describe())
+
+    async def _launch(self, agent: AgentPlan, result: AgentResult) -> bool:
+        spec = agent.container
+
+        def create_and_record() -> list[str]:
+            created = self.runtime.create(spec, self.environment)
+            # Recorded inside the worker thread, so a cancellation cannot lose the id.
+            self._containers[agent.name] = created.container_id
+            return list(created.warnings)
+
+        try:
+            warnings = await self.workers.call(create_and_record)
+        except RuntimeFailure as exc:
+            result.fail("error", str(exc))
+            return False
+
+        dropped = [warning for warning in warnings if _is_dropped_limit(warning)]
+        for warning in warnings:
+            log.warning("agent %s: the engine warned: %s", agent.name, warning)
+        if dropped:
+            result.fail("error", f"the engine did not apply a limit ({dropped[0]}); refusing to start the agent")
+            return False
+
+        try:
+            await self.workers.call(self.runtime.start, self._containers[agent.name])
+        except (RuntimeFailure, ContainerGone) as exc:
+            result.fail("error", str(exc))
+            return False
+        result.mark_started()
+        log.info("agent %s started in container %s", agent.name, self._containers[agent.name][:12])
+
+        return await self._verify_limits(agent, result)
+
+    async def _verify_limits(self, agent: AgentPlan, result: AgentResult) -> bool:
+        """Read the cgroup back; stop the agent at once when a limit is not in force."""
+        container_id = self._containers[agent.name]
+        try:
+            limits = await self.workers.call(self.runtime.effective_limits, container_id)
+        except (RuntimeFailure, ContainerGone):
+            return True  # The container already exited; its exit is handled as usual.
+        result.effective_pids = limits.pids
+        result.effective_memory = limits.memory
+
+        problem = limit_problem(agent, limits.pids, limits.memory)
+        if problem is None:
+            return True
+        if problem.startswith("unverified"):
+            log.warning("agent %s: %s", agent.name, problem)
+            return True
+        result.fail("error", f"{problem}; the agent was stopped")
+        await stop_container(self.runtime, self.workers, container_id, grace=0, force=self.force)
+        return False
+
+    async def _await_exit(self, agent: AgentPlan, result: AgentResult) -> None:
+        container_id = self._containers[agent.name]
+        with anyio.move_on_after(agent.timeout) as timer:
+            for _attempt in range(WAIT_RECONNECT_ATTEMPTS):
+                try:
+                    await self.workers.block(self.runtime.wait, container_id)
+                    result.mark_ended()
+                    return
+                except DockerUnavailable as exc:
+                    # The wait's connection dropped; the container may still run, so wait again.
+                    log.warning("agent %s: lost the wait on its container (%s); waiting again", agent.name, exc)
+                    await anyio.sleep(1)
+                except ContainerGone:
+                    return
+        if timer.cancelled_caught:
+            result.timed_out = True
+            log.warning("agent %s exceeded its time limit of %.0f s; stopping it", agent.name, agent.timeout)
+            outcome = await stop_container(self.runtime, self.workers, container_id, grace=self.grace, force=self.force)
+            result.mark_ended()
+            result.stop_seconds = outcome.seconds
+
+    async def _finish(self, agent: AgentPlan, container_id: str, result: AgentResult) -> None:
+        """Stop the container if it runs, save its evidence, then remove it."""
+        try:
+            status = await self.workers.stop_call(self.runtime.status, container_id)
+            if status.running:
+                outcome = await stop_container(
+                    self.runtime, self.workers, container_id, grace=self.grace, force=self.force
+                )
+                result.stop_seconds = outcome.seconds
+                if not outcome.stopped:
+                    result.fail("error", f"container {container_id[:12]} could not be stopped: {outcome.error}")
+                    return
+                status = await self.workers.stop_call(self.runtime.status, container_id)
+
+            result.record_exit(status.exit_code, status.oom_killed)
+            inspect = await self.workers.stop_call(self.runtime.inspect, container_id)
+            _write_json(agent.log_path.with_suffix(".inspect.json"), inspect)
+            await self.workers.stop_call(_save_logs, self.runtime, container_id, agent.log_path)
+        except ContainerGone as exc:
+            result.fail("evidence-missing", f"the container disappeared before its evidence was saved ({exc})")
+        except (RuntimeFailure, DockerUnavailable) as exc:
+            result.fail("evidence-missing", f"evidence could not be saved: {exc}")
+        else:
+            await self.workers.stop_call(self.runtime.remove, container_id)
+            self._containers.pop(agent.name, None)
+
+        scan = await anyio.to_thread.run_sync(workspace.scan, agent.workspace)
+        result.record_workspace(scan)
+
+    async def _sweep_leftovers(self) -> None:
+        """Stop and remove every container labelled with this run that is still around."""
+        try:
+            leftovers = await self.workers.stop_call(
+                self.runtime.list_labelled, {LABEL_RUN: self.plan.run_id}
+            )
+        except (RuntimeFailure, DockerUnavailable) as exc:
+            log.error("could not list the run's containers to clean up: %s", exc)
+            return
+        if not leftovers:
+            return
+        log.warning("stopping %d container(s) of run %s that were not yet recorded", len(leftovers), self.plan.run_id)
+        await stop_all(self.runtime, self.workers, leftovers, grace=0, force=self.force)
+        for container_id in leftovers:
+            try:
+                await self.workers.stop_call(self.runtime.remove, container_id)
+            except (RuntimeFailure, DockerUnavailable) as exc:
+                log.error("could not remove container %s: %s", container_id[:12], exc)
+
+
+def limit_problem(agent: AgentPlan, pids: int | None, memory: int | None) -> str | None:
+    """Compare the limits read from the cgroup with the planned ones; None when they match."""
+    planned = agent.container.limits
+    if pids is None or memory is None:
+        return "unverified limits: the container's cgroup could not be read from this process"
+    if pids != planned.pids:
+        shown = "no limit" if pids == 0 else str(pids)
+        return f"pids limit not in force: planned {planned.pids}, cgroup has {shown}"
+    # cgroup v1 rounds the memory limit down to a whole page.
+    if memory == 0 or memory > planned.memory or memory < planned.memory - 64 * 1024:
+        shown = "no limit" if memory == 0 else str(memory)
+        return f"memory limit not in force: planned {planned.memory}, cgroup has {shown}"
+    return None
+
+
+def _is_dropped_limit(warning: str) -> bool:
+    # A missing swap limit leaves the memory limit in force, so that warning alone is accepted.
+    text = warning.lower()
+    return "discarded" in text or ("not support" in text and "swap" not in text)
+
+
+def _save_logs(runtime: Runtime, container_id: str, path: Path) -> None:
+    runtime.save_logs(container_id, path, max_bytes=LOG_LIMIT_BYTES)
+
+
+def _write_json(path: Path, data: object) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    temporary.replace(path)

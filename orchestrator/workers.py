@@ -1,0 +1,47 @@
+"""Worker threads for blocking runtime calls, in three pools so none can starve another.
+
+Control calls (create, start, inspect) share one limiter. Calls that block
+until a container exits get their own, sized to the number of agents, and can
+be abandoned on cancellation. Shutdown has capacity reserved for itself, so a
+stop never queues behind thirty threads that wait for agents to exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+T = TypeVar("T")
+
+CONTROL_THREADS = 16
+SHUTDOWN_THREADS = 16
+
+
+class Workers:
+    def __init__(self, agent_count: int) -> None:
+        self.control = anyio.CapacityLimiter(CONTROL_THREADS)
+        self.waiting = anyio.CapacityLimiter(max(agent_count, 1) * 2 + 2)
+        self.shutdown = anyio.CapacityLimiter(SHUTDOWN_THREADS)
+
+    async def call(self, function: Callable[..., T], *args: object) -> T:
+        """Run a short blocking call; cancellation waits for it to return."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.control)
+
+    async def block(self, function: Callable[..., T], *args: object) -> T:
+        """Run a call that blocks until something happens; cancellation abandons the thread."""
+        return await anyio.to_thread.run_sync(
+            function, *args, limiter=self.waiting, abandon_on_cancel=True
+        )
+
+    async def stop_call(self, function: Callable[..., T], *args: object) -> T:
+        """Run a shutdown step on the reserved pool."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.shutdown)
+
+    async def stop_block(self, function: Callable[..., T], *args: object) -> T:
+        """Block on the reserved pool; cancellation abandons the thread."""
+        return await anyio.to_thread.run_sync(
+            function, *args, limiter=self.shutdown, abandon_on_cancel=True
+        )

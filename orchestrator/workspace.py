@@ -1,0 +1,102 @@
+"""Agent workspaces on the host: create them owned by the agent, scan them, remove them.
+
+A workspace is created before its container starts, owned by the UID the agent
+runs as on the host. Otherwise Docker creates the folder as root and the agent
+cannot write it, or the agent's files end up unreadable for the orchestrator.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .plan import AgentPlan, RunPlan
+
+
+@dataclass
+class WorkspaceScan:
+    files: int = 0
+    bytes: int = 0
+    # Entries an agent made unreadable or that could not be read: each is a finding.
+    findings: list[str] = field(default_factory=list)
+
+
+def prepare(plan: RunPlan) -> None:
+    """Create the run folder and every agent's empty workspace with the right owner."""
+    (plan.run_dir / "agents").mkdir(parents=True, exist_ok=False, mode=0o700)
+    for agent in plan.agents:
+        _prepare_workspace(agent)
+
+
+def _prepare_workspace(agent: AgentPlan) -> None:
+    agent.workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if os.getuid() == 0:
+        os.chown(agent.workspace, agent.host_uid, agent.host_gid)
+    os.chmod(agent.workspace, 0o700)
+
+
+def scan(root: Path) -> WorkspaceScan:
+    """Count regular files and bytes under `root` without following links; record what hides."""
+    result = WorkspaceScan()
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            result.findings.append(f"{_relative(folder, root)}: cannot be read ({exc.strerror})")
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                result.findings.append(f"{_relative(entry.path, root)}: cannot be read ({exc.strerror})")
+                continue
+            _account(entry.path, info, root, result, pending)
+    result.findings.sort()
+    return result
+
+
+def _account(path: str, info: os.stat_result, root: Path, result: WorkspaceScan, pending: list[Path]) -> None:
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        # Root reads through a mode-000 folder, so check the bits, not only whether reading works.
+        if mode & stat.S_IRUSR == 0 or mode & stat.S_IXUSR == 0:
+            result.findings.append(f"{_relative(path, root)}: folder made unreadable (mode {stat.filemode(mode)})")
+        pending.append(Path(path))
+    elif stat.S_ISREG(mode):
+        result.files += 1
+        result.bytes += info.st_size
+        if mode & stat.S_IRUSR == 0:
+            result.findings.append(f"{_relative(path, root)}: file made unreadable (mode {stat.filemode(mode)})")
+
+
+def _relative(path: str | Path, root: Path) -> str:
+    relative = os.path.relpath(path, root)
+    return "." if relative == "." else relative
+
+
+def remove_tree(root: Path) -> None:
+    """Delete `root`, first restoring owner permissions that an agent removed."""
+
+    def restore_and_retry(_function: object, path: str, _error: object) -> None:
+        if not os.path.lexists(path):
+            return
+        parent = os.path.dirname(path)
+        for candidate in (parent, path):
+            try:
+                if not os.path.islink(candidate):
+                    os.chmod(candidate, stat.S_IRWXU)
+            except OSError:
+                pass
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, onerror=restore_and_retry)
+        else:
+            os.unlink(path)
+
+    if root.exists() or root.is_symlink():
+        # onerror, not onexc: onexc needs Python 3.12.
+        shutil.rmtree(root, onerror=restore_and_retry)

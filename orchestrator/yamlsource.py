@@ -1,0 +1,116 @@
+"""Load a YAML document into plain Python values and remember the line of every field.
+
+PyYAML's safe loader forgets positions once it has built Python objects, so this
+module walks the composed node tree itself. Each value's path (a tuple such as
+`("agents", 1, "resources", "memory")`) maps to its 1-based line, which lets a
+validation error point at the exact line of the manifest.
+
+The walk also rejects what a manifest never needs and an attacker might use:
+duplicate keys (the second silently wins in plain YAML), non-string keys, and
+alias expansion past a node budget (the "billion laughs" document).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+Path = tuple[str | int, ...]
+
+MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_NODES = 100_000
+
+
+class YamlProblem(Exception):
+    def __init__(self, line: int | None, message: str) -> None:
+        self.line = line
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass
+class LocatedDocument:
+    """A parsed document and the 1-based line of every value in it."""
+
+    data: Any
+    lines: dict[Path, int] = field(default_factory=dict)
+
+    def line_of(self, path: Path) -> int | None:
+        """Return the line of `path`, or of its closest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return line
+        return None
+
+
+def load(text: str) -> LocatedDocument:
+    """Parse one YAML document; raise YamlProblem with a line for any problem."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_DOCUMENT_BYTES:
+        raise YamlProblem(None, f"file is larger than {MAX_DOCUMENT_BYTES} bytes")
+
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise YamlProblem(line, f"invalid YAML: {exc.problem or exc.context}") from exc
+    except yaml.YAMLError as exc:
+        raise YamlProblem(None, f"invalid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+
+    document = LocatedDocument(data=None)
+    if root is None:
+        return document
+    walker = _Walker(loader, document)
+    document.data = walker.build(root, ())
+    return document
+
+
+class _Walker:
+    def __init__(self, loader: yaml.SafeLoader, document: LocatedDocument) -> None:
+        self._loader = loader
+        self._document = document
+        self._visited = 0
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        self._visited += 1
+        if self._visited > MAX_NODES:
+            raise YamlProblem(
+                node.start_mark.line + 1,
+                f"document expands to more than {MAX_NODES} values (aliases?); "
+                "write the manifest without deeply nested aliases",
+            )
+        self._document.lines.setdefault(path, node.start_mark.line + 1)
+
+        if isinstance(node, yaml.MappingNode):
+            return self._build_mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+        return self._build_scalar(node)
+
+    def _build_mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+        # Merge keys (<<) would hide where a value came from; a manifest has no need for them.
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise YamlProblem(line, "merge keys (<<) are not supported; write the fields out")
+            key = self._build_scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                raise YamlProblem(line, f"key {key_node.value!r} is not a string; quote it")
+            if key in result:
+                raise YamlProblem(line, f"duplicate key '{key}'; keep one of them")
+            self._document.lines[(*path, key)] = line
+            result[key] = self.build(value_node, (*path, key))
+        return result
+
+    def _build_scalar(self, node: yaml.Node) -> Any:
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            raise YamlProblem(node.start_mark.line + 1, f"invalid value: {exc}") from exc
