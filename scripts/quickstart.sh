@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Set up orchestrate on a Debian or Ubuntu machine and run the bundled example.
+#
+# As root it installs what is missing (the Docker engine, mmdebstrap, Python's
+# venv module) and starts the Docker engine. As another user it checks those
+# and says which command installs what is missing. Then it installs orchestrate
+# into .venv, builds the sandbox images (offline when no base image is present)
+# and runs configs/agents.example.yaml.
+#
+# Set ORCHESTRATE_SKIP_EXAMPLE=1 to stop after the image build.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+say() { printf 'quickstart: %s\n' "$*"; }
+fail() { printf 'quickstart: error: %s\n' "$*" >&2; exit 1; }
+
+packages=(docker.io mmdebstrap python3-venv debian-archive-keyring ca-certificates)
+
+missing_packages() {
+    local package
+    for package in "${packages[@]}"; do
+        dpkg-query --show --showformat='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || printf '%s ' "$package"
+    done
+}
+
+install_packages() {
+    command -v apt-get >/dev/null || fail "apt-get not found; this script supports Debian and Ubuntu"
+    local missing
+    missing=$(missing_packages)
+    [ -z "$missing" ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        fail "missing packages: $missing; install them with: sudo apt-get install $missing"
+    fi
+    say "installing $missing"
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+start_docker() {
+    docker info >/dev/null 2>&1 && return 0
+    [ "$(id -u)" -eq 0 ] || fail "the Docker engine is not reachable; start it (sudo systemctl start docker) \
+and add yourself to the docker group (sudo usermod -aG docker \"$USER\", then log in again)"
+
+    if [ -d /run/systemd/system ] && systemctl start docker 2>/dev/null; then
+        say "started the Docker engine with systemd"
+    else
+        # Without systemd, start dockerd ourselves. A pid file left by a dockerd that
+        # was killed makes a new one refuse to start, so remove it when no such process lives.
+        if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+            say "removing the stale /var/run/docker.pid"
+            rm -f /var/run/docker.pid
+        fi
+        say "starting dockerd in the background (log: /var/log/orchestrate-dockerd.log)"
+        nohup setsid dockerd >/var/log/orchestrate-dockerd.log 2>&1 </dev/null &
+    fi
+
+    local waited=0
+    until docker info >/dev/null 2>&1; do
+        waited=$((waited + 1))
+        [ "$waited" -le 60 ] || fail "dockerd did not answer within 60 s; see /var/log/orchestrate-dockerd.log"
+        sleep 1
+    done
+    say "the Docker engine is up"
+}
+
+install_orchestrate() {
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || fail "Python 3.11 or newer is needed; this is $(python3 --version)"
+    if [ ! -x .venv/bin/python ]; then
+        say "creating .venv"
+        python3 -m venv .venv
+    fi
+    say "installing orchestrate into .venv"
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -e '.[test]'
+}
+
+install_packages
+start_docker
+install_orchestrate
+say "building the sandbox images"
+.venv/bin/orchestrate images build
+
+if [ "${ORCHESTRATE_SKIP_EXAMPLE:-0}" = "1" ]; then
+    say "setup done; ORCHESTRATE_SKIP_EXAMPLE=1, so the example is not run"
+    exit 0
+fi
+say "running the example: .venv/bin/orchestrate run configs/agents.example.yaml"
+.venv/bin/orchestrate run configs/agents.example.yaml

@@ -1,0 +1,178 @@
+"""Fixtures for tests that drive a real Docker engine.
+
+These tests never skip: without a reachable engine or the base image they
+fail with the command that fixes it, because a skipped isolation test proves
+nothing. Every container and network a test makes carries the label
+`orchestrate.test`, and teardown removes them by that label and by the run
+label of the test's own manifest name, never by a name pattern.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import yaml
+
+BASE_IMAGE = "orchestrate/base:latest"
+TEST_LABEL = "orchestrate.test"
+SCRIPTS = Path(__file__).parent / "scripts"
+ORCHESTRATE = [sys.executable, "-m", "orchestrator"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"the Docker engine is not reachable ({exc}); run scripts/quickstart.sh first")
+    try:
+        client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{BASE_IMAGE} is missing; build it with `orchestrate images build`")
+    yield client
+    client.close()
+
+
+@dataclass
+class Project:
+    """A scratch project: a source folder, a runs folder and a manifest name unique to one test."""
+
+    root: Path
+    name: str
+    client: docker.DockerClient
+
+    @property
+    def source(self) -> Path:
+        return self.root / "src"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def manifest(self, agents: list[dict[str, Any]], **fields: Any) -> Path:
+        document = {"version": 1, "name": self.name, "source": str(self.source), "agents": agents}
+        document.update(fields)
+        path = self.root / f"{self.name}.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        return path
+
+    def orchestrate(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*ORCHESTRATE, *args], capture_output=True, text=True, timeout=timeout,
+            env=env or _clean_environment(), cwd=self.root, check=False,
+        )
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*ORCHESTRATE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env or _clean_environment(), cwd=self.root,
+        )
+
+    def run_json(self, manifest: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        completed = self.orchestrate("run", str(manifest), "--runs-dir", str(self.runs), "--json", *extra, env=env)
+        try:
+            document = json.loads(completed.stdout)
+        except json.JSONDecodeError:
+            pytest.fail(f"orchestrate run printed no JSON (exit {completed.returncode}):\n{completed.stdout}\n{completed.stderr}")
+        return completed.returncode, document
+
+    def containers(self, *, all_states: bool = True) -> list[Any]:
+        """Return the containers of every run of this project's manifest name."""
+        found = self.client.containers.list(all=all_states, filters={"label": "orchestrate.run"})
+        return [item for item in found if item.labels.get("orchestrate.run", "").startswith(self.name + "-")]
+
+    def wait_for_running(self, count: int, *, deadline: float = 60) -> list[Any]:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            running = [item for item in self.containers() if item.status == "running"]
+            if len(running) >= count:
+                return running
+            time.sleep(0.1)
+        pytest.fail(f"{count} running container(s) of {self.name} did not appear within {deadline} s")
+
+
+def _clean_environment() -> dict[str, str]:
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return environment
+
+
+@pytest.fixture
+def project(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Project]:
+    scratch = Project(root=tmp_path, name=f"t-{secrets.token_hex(4)}", client=docker_client)
+    scratch.source.mkdir()
+    shutil.copy(SCRIPTS / "probe.py", scratch.source / "probe.py")
+    yield scratch
+    for container in scratch.containers():
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="session")
+def canary(docker_client: docker.DockerClient) -> Iterator[str]:
+    """Start the canary server on an internal network of the test's own; yield its address."""
+    labels = {TEST_LABEL: "canary"}
+    network = docker_client.networks.create(
+        f"orchestrate-test-canary-{secrets.token_hex(3)}", driver="bridge", internal=True, labels=labels
+    )
+    script = (SCRIPTS / "canary.py").read_text(encoding="utf-8")
+    container = docker_client.containers.run(
+        BASE_IMAGE, ["python3", "-c", script], detach=True, labels=labels, network=network.name,
+        user="1000:1000",
+    )
+    try:
+        _wait_for_log(container, "canary ready")
+        container.reload()
+        address = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+        yield address
+    finally:
+        container.remove(force=True)
+        network.remove()
+
+
+@pytest.fixture(scope="session")
+def canary_network(docker_client: docker.DockerClient, canary: str) -> str:
+    networks = docker_client.networks.list(filters={"label": f"{TEST_LABEL}=canary"})
+    return str(networks[0].name)
+
+
+def _wait_for_log(container: Any, text: str, deadline: float = 30) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if text in container.logs().decode(errors="replace"):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"container {container.short_id} did not print {text!r} within {deadline} s")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def agent_workspace(result: dict[str, Any], agent: str) -> Path:
+    for item in result["agents"]:
+        if item["name"] == agent:
+            return Path(item["workspace"])
+    raise AssertionError(f"agent {agent} is not in the result")
+
+
+WaitCondition = Callable[[], bool]

@@ -1,0 +1,151 @@
+"""Time limits, interrupts, vanished containers, limits in force and hidden files, on a real engine."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from .conftest import Project, agent_workspace, read_json
+
+
+def _agent(project: Project, result: dict, name: str) -> dict:
+    return next(item for item in result["agents"] if item["name"] == name)
+
+
+def test_agent_killed_after_timeout(project: Project) -> None:
+    # A busy loop that ignores SIGTERM: only SIGKILL on the orchestrator's clock ends it.
+    manifest = project.manifest(
+        [{"name": "spinner", "command": ["sh", "-c", "trap '' TERM; while :; do :; done"], "timeout": "2s"}]
+    )
+    code, result = project.run_json(manifest, "--grace", "1")
+
+    spinner = _agent(project, result, "spinner")
+    assert code == 1
+    assert spinner["state"] == "timed-out"
+    assert spinner["seconds"] < 15
+    inspect = read_json(Path(result["run_dir"]) / "agents" / "spinner.inspect.json")
+    assert inspect["State"]["Running"] is False
+    assert project.containers() == []
+
+
+def test_sigint_leaves_no_container(project: Project) -> None:
+    manifest = project.manifest(
+        [{"name": name, "command": ["sleep", "600"]} for name in ("first", "second", "third")]
+    )
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    project.wait_for_running(3)
+
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    assert project.containers() == []
+    states = {item["state"] for item in __import__("json").loads(stdout)["agents"]}
+    assert states == {"interrupted"}
+
+
+def test_sigterm_leaves_no_container(project: Project) -> None:
+    manifest = project.manifest([{"name": "sleeper", "command": ["sleep", "600"]}])
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs))
+    project.wait_for_running(1)
+
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+
+    assert process.returncode == 130
+    assert project.containers() == []
+
+
+def test_vanished_container_is_evidence_missing(project: Project) -> None:
+    manifest = project.manifest([{"name": "victim", "command": ["sleep", "600"]}])
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    container = project.wait_for_running(1)[0]
+
+    container.remove(force=True)
+    stdout, stderr = process.communicate(timeout=60)
+
+    victim = __import__("json").loads(stdout)["agents"][0]
+    assert process.returncode == 1, stderr
+    assert victim["state"] == "evidence-missing"
+
+
+def test_fork_bomb_stops_at_pids_limit(project: Project) -> None:
+    bomb = (
+        "import os, time\n"
+        "deadline = time.time() + 5\n"
+        "refused = 0\n"
+        "while time.time() < deadline:\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(6)\n"
+        "            os._exit(0)\n"
+        "    except OSError:\n"
+        "        refused += 1\n"
+        "        if refused > 50:\n"
+        "            break\n"
+        "open('/workspace/output/refused', 'w').write(str(refused))\n"
+        "os._exit(0)\n"
+    )
+    manifest = project.manifest(
+        [
+            {"name": "bomb", "command": ["python3", "-c", bomb], "resources": {"pids": 32}, "timeout": "60s"},
+            {"name": "steady", "command": ["sh", "-c", "sleep 1; echo alive > alive.txt"], "timeout": "60s"},
+        ]
+    )
+    code, result = project.run_json(manifest)
+
+    bomb_result = _agent(project, result, "bomb")
+    steady = _agent(project, result, "steady")
+    assert bomb_result["effective_limits"]["pids"] == 32
+    assert int((agent_workspace(result, "bomb") / "refused").read_text()) > 0
+    assert steady["state"] == "succeeded"
+    assert (agent_workspace(result, "steady") / "alive.txt").read_text() == "alive\n"
+    assert code == 0
+
+
+def test_memory_hog_reported_out_of_memory(project: Project) -> None:
+    hog = "blocks = []\nwhile True:\n    blocks.append(bytearray(8 * 1024 * 1024))\n"
+    manifest = project.manifest(
+        [{"name": "hog", "command": ["python3", "-c", hog], "resources": {"memory": "64m"}, "timeout": "60s"}]
+    )
+    code, result = project.run_json(manifest)
+
+    hog_result = _agent(project, result, "hog")
+    assert code == 1
+    assert hog_result["state"] == "failed"
+    assert hog_result["oom_killed"] is True
+    assert "memory limit" in hog_result["message"]
+
+
+def test_hidden_folder_reported_and_cleaned(project: Project) -> None:
+    manifest = project.manifest(
+        [{"name": "hider", "command": ["sh", "-c", "mkdir -p out/x && echo data > out/x/f && chmod 000 out/x"]}]
+    )
+    code, result = project.run_json(manifest)
+
+    hider = _agent(project, result, "hider")
+    assert code == 1
+    assert hider["state"] == "violation"
+    assert any(finding.startswith("out/x:") for finding in hider["findings"])
+
+    run_id = result["run_id"]
+    completed = project.orchestrate("cleanup", run_id, "--remove-files", "--runs-dir", str(project.runs))
+    assert completed.returncode == 0, completed.stderr
+    assert not (project.runs / run_id).exists()
+
+
+def test_failing_agent_keeps_others(project: Project) -> None:
+    manifest = project.manifest(
+        [
+            {"name": "broken", "command": ["sh", "-c", "echo oops >&2; exit 3"]},
+            {"name": "fine", "command": ["sh", "-c", "echo ok > ok.txt"]},
+        ]
+    )
+    code, result = project.run_json(manifest)
+
+    broken = _agent(project, result, "broken")
+    assert code == 1
+    assert broken["state"] == "failed"
+    assert broken["exit_code"] == 3
+    assert Path(broken["log"]).read_text() == "oops\n"
+    assert _agent(project, result, "fine")["state"] == "succeeded"
