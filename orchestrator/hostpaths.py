@@ -71,10 +71,20 @@ def sensitive_reason(path: Path, homes: Iterable[Path]) -> str | None:
     """Return why mounting `path` (already resolved) would expose the host, or None."""
     if path == Path("/"):
         return "is the root of the host's file system"
+    for socket_path in DOCKER_SOCKETS:
+        if path in {Path(socket_path), Path(os.path.realpath(socket_path))}:
+            return "is the container engine's socket, which is root on the host"
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            return "is a Unix socket, usable even through a read-only mount"
+    except OSError:
+        pass
 
     for location in (*SYSTEM_LOCATIONS, *DOCKER_SOCKETS):
         # Judge against both the literal and the resolved form: /var/run is often a link to /run.
         for candidate in {Path(location), Path(os.path.realpath(location))}:
+            if path == candidate:
+                return f"is {candidate}, which exposes the host"
             if is_within(path, candidate):
                 return f"lies inside {candidate}, which exposes the host"
             if is_within(candidate, path):
@@ -85,6 +95,8 @@ def sensitive_reason(path: Path, homes: Iterable[Path]) -> str | None:
             return f"is or contains the home directory {home} and its credentials"
         for store in CREDENTIAL_STORES:
             credential = home / store
+            if path == credential:
+                return f"is the credential store {credential}"
             if is_within(path, credential):
                 return f"lies inside the credential store {credential}"
 

@@ -42,15 +42,20 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
     output = resolve(loaded.base_dir, manifest.output)
     runs = Path(os.path.realpath(runs_root))
 
-    for field_path, path in ((("source",), source), (("output",), output)):
-        reason = sensitive_reason(path, homes)
+    source_reason = sensitive_reason(source, homes)
+    for field_path, written, path, reason in (
+        (("source",), manifest.source.path, source, source_reason),
+        (("output",), manifest.output, output, sensitive_reason(output, homes)),
+    ):
         if reason:
-            reject(field_path, f"{path} {reason}; choose a project folder instead")
+            reject(field_path, f"{_shown(written, path)} {reason}; choose a project folder instead")
 
-    if not source.exists():
-        reject(("source",), f"{source} does not exist; create it or fix the path")
+    if source_reason:
+        pass
+    elif not source.exists():
+        reject(("source",), f"{_shown(manifest.source.path, source)} does not exist; create it or fix the path")
     elif not source.is_dir():
-        reject(("source",), f"{source} is not a folder; give the folder agents should read")
+        reject(("source",), f"{_shown(manifest.source.path, source)} is not a folder; give the folder agents should read")
 
     reason = sensitive_reason(runs, homes)
     if reason:
@@ -66,7 +71,7 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
         field_path = ("agents", index, "workspace")
         reason = sensitive_reason(workspace, homes)
         if reason:
-            reject(field_path, f"{workspace} {reason}; choose a project folder instead")
+            reject(field_path, f"{_shown(agent.workspace, workspace)} {reason}; choose a project folder instead")
         if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
             reject(field_path, f"{workspace} exists and is not an empty folder; empty it or remove the field")
 
@@ -87,6 +92,13 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
                    "or point source at a folder without it")
 
     return CheckedPaths(source=source, output=output, workspaces=workspaces, masks=tuple(masks), problems=problems)
+
+
+def _shown(written: str, resolved: Path) -> str:
+    """Show the path as the manifest wrote it, and where it leads when that differs."""
+    if written == str(resolved):
+        return written
+    return f"{written} (resolves to {resolved})"
 
 
 def _overlap_problems(
