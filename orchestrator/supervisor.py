@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 
 from . import workspace
 from .errors import DockerUnavailable
@@ -64,7 +65,8 @@ class Supervisor:
 
         async with anyio.create_task_group() as outer:
             if self.handle_signals:
-                outer.start_soon(self._watch_signals)
+                # start(), not start_soon(): the handlers are in place before any container exists.
+                await outer.start(self._watch_signals)
             try:
                 await self._run_agents()
             finally:
@@ -90,8 +92,9 @@ class Supervisor:
                 for agent in self.plan.agents:
                     group.start_soon(self._supervise, agent)
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for received in signals:
                 name = signal.Signals(received).name
                 if self.interrupted_by is None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 from .conftest import Project, agent_workspace, read_json
@@ -40,7 +44,7 @@ def test_sigint_leaves_no_container(project: Project) -> None:
 
     assert process.returncode == 130, stderr
     assert project.containers() == []
-    states = {item["state"] for item in __import__("json").loads(stdout)["agents"]}
+    states = {item["state"] for item in json.loads(stdout)["agents"]}
     assert states == {"interrupted"}
 
 
@@ -64,7 +68,7 @@ def test_vanished_container_is_evidence_missing(project: Project) -> None:
     container.remove(force=True)
     stdout, stderr = process.communicate(timeout=60)
 
-    victim = __import__("json").loads(stdout)["agents"][0]
+    victim = json.loads(stdout)["agents"][0]
     assert process.returncode == 1, stderr
     assert victim["state"] == "evidence-missing"
 
@@ -149,3 +153,42 @@ def test_failing_agent_keeps_others(project: Project) -> None:
     assert broken["exit_code"] == 3
     assert Path(broken["log"]).read_text() == "oops\n"
     assert _agent(project, result, "fine")["state"] == "succeeded"
+
+
+def test_second_sigint_skips_grace(project: Project) -> None:
+    # The agent ignores SIGTERM and the grace period is long, so only the second SIGINT ends it quickly.
+    manifest = project.manifest([{"name": "stubborn", "command": ["sh", "-c", "trap '' TERM; sleep 600"]}])
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--grace", "120")
+    project.wait_for_running(1)
+
+    process.send_signal(signal.SIGINT)
+    _wait_for_line(process, "send it again")
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+
+    assert process.returncode == 130
+    assert time.monotonic() - started < 30
+    assert project.containers() == []
+
+
+def test_unreachable_engine_exits_4(project: Project) -> None:
+    manifest = project.manifest([{"name": "a", "command": ["true"]}])
+    environment = dict(os.environ)
+    # A socket path in the test's own folder where nothing listens.
+    environment["DOCKER_HOST"] = f"unix://{project.root / 'absent.sock'}"
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+
+    completed = project.orchestrate("run", str(manifest), env=environment)
+
+    assert completed.returncode == 4
+    assert "cannot reach the Docker engine" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def _wait_for_line(process: subprocess.Popen[str], text: str) -> None:
+    assert process.stderr is not None
+    for line in process.stderr:
+        if text in line:
+            return
+    raise AssertionError(f"orchestrate exited without printing {text!r}")
