@@ -25,7 +25,8 @@ def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove
     for container_id in containers:
         labels = runtime.inspect(container_id)["Config"].get("Labels") or {}
         runtime.remove(container_id)
-        lines.append(f"removed container {container_id[:12]} (run {labels.get(LABEL_RUN)}, agent {labels.get(LABEL_AGENT)})")
+        owner = f"run {labels.get(LABEL_RUN)}, agent {labels.get(LABEL_AGENT)}"
+        lines.append(f"removed container {container_id[:12]} ({owner})")
     if not containers:
         lines.append("no container of " + (f"run {run_id}" if run_id else "any run") + " is left")
 

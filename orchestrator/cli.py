@@ -12,12 +12,15 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, OrchestrateError
+
+if TYPE_CHECKING:
+    from .runtime.docker import DockerRuntime
 
 app = typer.Typer(
     help="Run AI coding agents in parallel, each in its own hardened container.",
@@ -78,7 +81,7 @@ def _guarded(action: Callable[[], int]) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _runtime():  # type: ignore[no-untyped-def]
+def _runtime() -> DockerRuntime:
     from .runtime.docker import DockerRuntime
 
     return DockerRuntime()

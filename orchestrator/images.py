@@ -150,7 +150,7 @@ def _follow_build(recipe: ImageRecipe, stream: Iterable[dict[str, object]]) -> N
 
 def _has_image(client: docker.DockerClient, reference: str) -> bool:
     try:
-        client.api.inspect_image(reference)
+        client.api.inspect_image(reference)  # type: ignore[no-untyped-call]
     except docker.errors.ImageNotFound:
         return False
     return True

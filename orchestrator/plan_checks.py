@@ -55,7 +55,8 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
     elif not source.exists():
         reject(("source",), f"{_shown(manifest.source.path, source)} does not exist; create it or fix the path")
     elif not source.is_dir():
-        reject(("source",), f"{_shown(manifest.source.path, source)} is not a folder; give the folder agents should read")
+        reject(("source",), f"{_shown(manifest.source.path, source)} is not a folder; "
+               "give the folder agents should read")
 
     reason = sensitive_reason(runs, homes)
     if reason:
@@ -68,17 +69,17 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
             continue
         workspace = resolve(loaded.base_dir, agent.workspace)
         workspaces[agent.name] = workspace
-        field_path = ("agents", index, "workspace")
+        workspace_field: tuple[str | int, ...] = ("agents", index, "workspace")
         reason = sensitive_reason(workspace, homes)
         if reason:
-            reject(field_path, f"{_shown(agent.workspace, workspace)} {reason}; choose a project folder instead")
+            reject(workspace_field, f"{_shown(agent.workspace, workspace)} {reason}; choose a project folder instead")
         if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
-            reject(field_path, f"{workspace} exists and is not an empty folder; empty it or remove the field")
+            reject(workspace_field, f"{workspace} exists and is not an empty folder; empty it or remove the field")
 
     problems.extend(_overlap_problems(loaded, workspaces, source=source, output=output))
 
     masks = [runs] if is_within(runs, source) and runs != source else []
-    for index, agent in enumerate(manifest.agents):
+    for agent in manifest.agents:
         workspace = workspaces[agent.name]
         if agent.workspace is not None and is_within(workspace, source) and workspace != source:
             if not any(is_within(workspace, mask) for mask in masks):
@@ -112,14 +113,21 @@ def _overlap_problems(
     for position, name in enumerate(names):
         workspace = workspaces[name]
         field_path = ("agents", index_of[name], "workspace")
+
+        def reject(message: str, field_path: tuple[str | int, ...] = field_path) -> None:
+            problems.append(loaded.problem(field_path, message))
+
         for other in names[position + 1:]:
             other_path = workspaces[other]
             if workspace == other_path:
-                problems.append(loaded.problem(field_path, f"{workspace} is also the workspace of agent {other}; give each agent its own"))
+                reject(f"{workspace} is also the workspace of agent {other}; give each agent its own")
             elif is_within(workspace, other_path) or is_within(other_path, workspace):
-                problems.append(loaded.problem(field_path, f"{workspace} and the workspace of agent {other} ({other_path}) are nested; use disjoint folders"))
+                reject(f"{workspace} and the workspace of agent {other} ({other_path}) are nested; "
+                       "use disjoint folders")
         if is_within(source, workspace):
-            problems.append(loaded.problem(field_path, f"{workspace} contains the source {source}, which would make the source writable; use another folder"))
+            reject(f"{workspace} contains the source {source}, which would make the source writable; "
+                   "use another folder")
         if is_within(workspace, output) or is_within(output, workspace):
-            problems.append(loaded.problem(field_path, f"{workspace} overlaps the output tree {output}, which only orchestrate writes; use another folder"))
+            reject(f"{workspace} overlaps the output tree {output}, which only orchestrate writes; "
+                   "use another folder")
     return problems

@@ -74,7 +74,9 @@ class AgentResult:
         self.bytes = scan.bytes
         self.findings = scan.findings
         if scan.findings:
-            self.fail("violation", f"the workspace hides {len(scan.findings)} entr{'y' if len(scan.findings) == 1 else 'ies'}: {scan.findings[0]}")
+            count = len(scan.findings)
+            noun = "entry" if count == 1 else "entries"
+            self.fail("violation", f"the workspace hides {count} {noun}, first {scan.findings[0]}")
 
     def settle(self) -> None:
         """Decide the final state from everything recorded."""

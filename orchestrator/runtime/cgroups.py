@@ -39,7 +39,11 @@ def read_effective_limits(pid: int, *, cgroup_root: Path = CGROUP_ROOT, proc: Pa
                 pids=_read_limit(unified / "pids.max"),
                 memory=_read_limit(unified / "memory.max"),
             )
-    pids = _read_limit(cgroup_root / "pids" / paths.get("pids", "/").lstrip("/") / "pids.max") if "pids" in paths else None
+    pids = (
+        _read_limit(cgroup_root / "pids" / paths["pids"].lstrip("/") / "pids.max")
+        if "pids" in paths
+        else None
+    )
     memory = (
         _read_limit(cgroup_root / "memory" / paths["memory"].lstrip("/") / "memory.limit_in_bytes")
         if "memory" in paths

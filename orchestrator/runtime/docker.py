@@ -91,7 +91,7 @@ class DockerRuntime:
     def image_id(self, image: str) -> str | None:
         try:
             with _translated(f"inspect image {image}"):
-                return str(self._api.inspect_image(image)["Id"])
+                return str(self._api.inspect_image(image)["Id"])  # type: ignore[no-untyped-call]
         except ContainerGone:
             return None
 
