@@ -48,7 +48,11 @@ def _global(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print warnings and errors only.")] = False,
 ) -> None:
     _options["debug"] = debug
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    level = logging.INFO
+    if quiet:
+        level = logging.WARNING
+    if debug:
+        level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("orchestrate: %(message)s"))
     root = logging.getLogger("orchestrator")
@@ -198,7 +202,11 @@ def images_build(
         if offline and pull:
             raise InputError("--offline and --pull exclude each other; choose one")
         runtime = _runtime()
-        mode = "offline" if offline else "pull" if pull else "auto"
+        mode = "auto"
+        if offline:
+            mode = "offline"
+        elif pull:
+            mode = "pull"
         built = build_all(runtime.client, mode=mode, mirror=mirror, no_cache=no_cache)
         for tag in built:
             typer.echo(f"built {tag}")

@@ -2,9 +2,9 @@
 
 Every path is resolved with realpath before it is judged, so a symlink such as
 `project/creds -> ~/.ssh` is judged by where it leads. A path is rejected when
-it is, contains or lies inside a sensitive location; the home directory itself
-is rejected only when it is or contains the mount, because projects usually
-live below it.
+it is, contains or lies inside a sensitive location. The home directory is the
+exception: a path below it is fine, because projects usually live there, but
+the home directory itself and its parents are rejected.
 """
 
 from __future__ import annotations

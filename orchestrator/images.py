@@ -1,10 +1,10 @@
 """Build the sandbox images, with or without a container registry.
 
 The Dockerfiles start `FROM debian:bookworm-slim`. When that image is not on
-the machine and no registry may be used, the base is bootstrapped offline:
+the machine and no registry may be used, the base is bootstrapped offline.
 mmdebstrap writes a minimal Debian root file system from the Debian package
-mirror, and `docker import` tags it as `debian:bookworm-slim`, with the
-packages the Dockerfile needs already inside. The Dockerfile's RUN step then
+mirror, with the packages the Dockerfile needs already inside, and
+`docker import` tags it as `debian:bookworm-slim`. The Dockerfile's RUN step then
 installs nothing, and the build runs with no network at all.
 """
 

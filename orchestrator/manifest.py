@@ -54,7 +54,7 @@ def _check_env_name(value: object) -> object:
         )
     if value.upper().startswith("DOCKER_"):
         raise ValueError(
-            f"variable {value} is refused: DOCKER_* variables can hand an agent the Docker "
+            f"variable {value} is not allowed: DOCKER_* variables can hand an agent the Docker "
             "daemon, which is root on the host; remove it"
         )
     return value

@@ -35,7 +35,7 @@ LABEL_VERSION = "orchestrate.version"
 
 @dataclass(frozen=True)
 class HostFacts:
-    """What the plan needs to know about the machine; gathered by the runtime."""
+    """Facts about the machine that the plan depends on, gathered by the runtime."""
 
     uid: int
     gid: int

@@ -1,9 +1,9 @@
 """Run a plan: one task per agent, time limits on the orchestrator's clock, evidence before removal.
 
-Each agent task creates its container, checks that its limits are in force,
-starts it, waits for it to exit or for its time limit, and then, shielded from
-cancellation, stops it if needed, saves its exit state, inspect output and
-logs, and only then removes it. SIGINT or SIGTERM cancels every agent task; a
+Each agent task creates its container, starts it, checks that its limits are
+in force, and waits for it to exit or for its time limit. Then, shielded from
+cancellation, it stops the container if needed and saves its exit state,
+inspect output and logs. Only after that does it remove the container. SIGINT or SIGTERM cancels every agent task; a
 second one skips the grace period. A final sweep by label stops any container
 of the run that a task did not get to record.
 """
@@ -143,7 +143,7 @@ class Supervisor:
         for warning in warnings:
             log.warning("agent %s: the engine warned: %s", agent.name, warning)
         if dropped:
-            result.fail("error", f"the engine did not apply a limit ({dropped[0]}); refusing to start the agent")
+            result.fail("error", f"the engine did not apply a limit ({dropped[0]}); the agent was not started")
             return False
 
         try:

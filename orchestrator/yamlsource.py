@@ -1,6 +1,6 @@
 """Load a YAML document into plain Python values and remember the line of every field.
 
-PyYAML's safe loader forgets positions once it has built Python objects, so this
+PyYAML's safe loader drops positions once it has built Python objects, so this
 module walks the composed node tree itself. Each value's path (a tuple such as
 `("agents", 1, "resources", "memory")`) maps to its 1-based line, which lets a
 validation error point at the exact line of the manifest.

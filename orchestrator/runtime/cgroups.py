@@ -20,9 +20,9 @@ V1_UNLIMITED_FLOOR = 2**62
 def read_effective_limits(pid: int, *, cgroup_root: Path = CGROUP_ROOT, proc: Path = Path("/proc")) -> EffectiveLimits:
     """Return the pids and memory limits of the cgroup of process `pid`.
 
-    A limit reads as None when it cannot be read (the process is gone, or this
-    process sees another PID namespace than the engine), and as 0 when the
-    cgroup says there is no limit.
+    A limit is None when it cannot be read, because the process is gone or
+    this process runs in another PID namespace than the engine. A limit is 0
+    when the cgroup sets none.
     """
     if pid <= 0:
         return EffectiveLimits(pids=None, memory=None)

@@ -39,7 +39,7 @@ class ContainerGone(Exception):
 
 
 class RuntimeFailure(Exception):
-    """The engine rejected a request for one container; the message says why."""
+    """The engine rejected a request for one container; the message contains its reason."""
 
 
 @contextmanager
@@ -51,7 +51,7 @@ def _translated(action: str) -> Iterator[None]:
     except docker.errors.APIError as exc:
         raise RuntimeFailure(f"{action}: {exc.explanation or exc}") from exc
     except requests.exceptions.Timeout as exc:
-        raise RuntimeFailure(f"{action}: the Docker engine did not answer in time ({exc})") from exc
+        raise RuntimeFailure(f"{action}: the request to the Docker engine timed out ({exc})") from exc
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
         raise DockerUnavailable(
             f"{action}: cannot reach the Docker engine ({exc}); start it "
@@ -142,7 +142,7 @@ class DockerRuntime:
             with _translated(f"send {signal} to container {container_id[:12]}"):
                 self._api.kill(container_id, signal=signal)
         except RuntimeFailure as exc:
-            # The engine answers 409 when the container has already stopped.
+            # The engine returns 409 when the container has already stopped.
             if "is not running" not in str(exc):
                 raise
 
