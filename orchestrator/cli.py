@@ -103,11 +103,14 @@ def run(
     """Start every agent of MANIFEST in its own hardened container and wait for all of them."""
 
     def body() -> int:
+        from .manifest import load_manifest
         from .render import result_text
         from .runner import execute, plan_manifest
 
+        # The manifest is checked before Docker is touched, so a typo is exit 2 even without an engine.
+        loaded = load_manifest(manifest)
         runtime = _runtime()
-        _loaded, plan = plan_manifest(manifest, runtime, runs_root=runs_dir)
+        plan = plan_manifest(loaded, runtime, runs_root=runs_dir)
         result = execute(plan, runtime, grace=grace)
         if json_output:
             typer.echo(json.dumps(result.to_json(), indent=2))
@@ -127,10 +130,12 @@ def plan(
     """Show the exact container spec of every agent, and check it, without starting anything."""
 
     def body() -> int:
+        from .manifest import load_manifest
         from .render import plan_text
         from .runner import plan_manifest
 
-        _loaded, resolved = plan_manifest(manifest, _runtime(), runs_root=runs_dir)
+        loaded = load_manifest(manifest)
+        resolved = plan_manifest(loaded, _runtime(), runs_root=runs_dir)
         if json_output:
             typer.echo(json.dumps(resolved.model_dump(mode="json"), indent=2))
         else:

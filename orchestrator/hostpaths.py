@@ -52,7 +52,10 @@ class Finding:
 
 
 def home_directories() -> list[Path]:
-    """Return the invoking user's home, and the sudo caller's home when run through sudo."""
+    """Return the home directories to protect: the invoking user's, the sudo caller's, and every login user's.
+
+    Every user's home counts because orchestrate may run as root, which can read all of them.
+    """
     homes = {Path(os.path.realpath(Path.home()))}
     sudo_user = os.environ.get("SUDO_USER")
     if sudo_user:
@@ -60,6 +63,12 @@ def home_directories() -> list[Path]:
             homes.add(Path(os.path.realpath(pwd.getpwnam(sudo_user).pw_dir)))
         except KeyError:
             pass
+    for entry in pwd.getpwall():
+        if entry.pw_uid != 0 and entry.pw_uid < 1000:
+            continue
+        home = Path(os.path.realpath(entry.pw_dir))
+        if home != Path("/") and home.is_dir():
+            homes.add(home)
     return sorted(homes)
 
 

@@ -291,36 +291,37 @@ def parse_manifest(document: yamlsource.LocatedDocument, shown: str) -> Manifest
         message = f"the top level must be a mapping of fields, not {type(data).__name__}"
         raise ManifestError([Problem(shown, 1, "", message)])
 
+    # Duplicates are found on the raw data, so they are reported next to field errors too.
+    problems = _duplicate_problems(data, document, shown)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(problems_from_validation(exc, document, shown)) from None
+        problems.extend(problems_from_validation(exc, document, shown))
+        problems.sort(key=lambda problem: (problem.line or 0, problem.field))
+        raise ManifestError(problems) from None
 
-    problems = _cross_field_problems(manifest, document, shown)
     if problems:
         raise ManifestError(problems)
     return manifest
 
 
-def _cross_field_problems(
-    manifest: Manifest, document: yamlsource.LocatedDocument, shown: str
-) -> list[Problem]:
+def _duplicate_problems(data: dict[str, Any], document: yamlsource.LocatedDocument, shown: str) -> list[Problem]:
     problems: list[Problem] = []
-
-    def add(path: tuple[str | int, ...], message: str) -> None:
-        problems.append(Problem(shown, document.line_of(path), render_path(path), message))
-
-    first_index: dict[str, int] = {}
-    for index, agent in enumerate(manifest.agents):
-        if agent.name in first_index:
-            first = first_index[agent.name]
-            add(("agents", index, "name"), f"duplicate agent name '{agent.name}' (also agents[{first}]); rename one")
-        first_index.setdefault(agent.name, index)
-
-    seen_shared: dict[str, int] = {}
-    for index, shared in enumerate(manifest.shared):
-        if shared.path in seen_shared:
-            add(("shared", index, "path"), f"duplicate shared path '{shared.path}'; list it once")
-        seen_shared.setdefault(shared.path, index)
-
+    for section, key, noun, fix in (
+        ("agents", "name", "agent name", "rename one"),
+        ("shared", "path", "shared path", "list it once"),
+    ):
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            continue
+        first_index: dict[str, int] = {}
+        for index, entry in enumerate(entries):
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if not isinstance(value, str):
+                continue
+            if value in first_index:
+                path: tuple[str | int, ...] = (section, index, key)
+                message = f"duplicate {noun} '{value}' (also {section}[{first_index[value]}]); {fix}"
+                problems.append(Problem(shown, document.line_of(path), render_path(path), message))
+            first_index.setdefault(value, index)
     return problems

@@ -73,7 +73,10 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
         reason = sensitive_reason(workspace, homes)
         if reason:
             reject(workspace_field, f"{_shown(agent.workspace, workspace)} {reason}; choose a project folder instead")
-        if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
+        if is_within(runs, workspace) or is_within(workspace, runs):
+            # The run folder holds logs and results that orchestrate writes as the invoking user.
+            reject(workspace_field, f"{workspace} overlaps the runs folder {runs}; use a folder outside it")
+        elif workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
             reject(workspace_field, f"{workspace} exists and is not an empty folder; empty it or remove the field")
 
     problems.extend(_overlap_problems(loaded, workspaces, source=source, output=output))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anyio
 
-from .manifest import LoadedManifest, load_manifest
+from .manifest import LoadedManifest
 from .plan import RunPlan, build_plan, new_run_id
 from .results import RunResult
 from .runtime import Runtime
@@ -16,10 +16,9 @@ from .supervisor import Supervisor
 
 
 def plan_manifest(
-    manifest_path: Path, runtime: Runtime, *, runs_root: Path, run_id: str | None = None
-) -> tuple[LoadedManifest, RunPlan]:
-    """Load a manifest and resolve it against this machine; raise on any problem."""
-    loaded = load_manifest(manifest_path)
+    loaded: LoadedManifest, runtime: Runtime, *, runs_root: Path, run_id: str | None = None
+) -> RunPlan:
+    """Resolve a loaded manifest against this machine; raise on any problem."""
     manifest = loaded.manifest
     images = sorted({agent.image or manifest.defaults.image for agent in manifest.agents})
     facts = runtime.host_facts(images, dict(os.environ))
@@ -29,7 +28,7 @@ def plan_manifest(
         runs_root=runs_root.absolute(),
         run_id=run_id or new_run_id(manifest.name),
     )
-    return loaded, plan
+    return plan
 
 
 def execute(plan: RunPlan, runtime: Runtime, *, grace: float = DEFAULT_GRACE, handle_signals: bool = True) -> RunResult:

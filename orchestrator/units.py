@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 
-_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?", re.IGNORECASE)
+_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?:(?P<unit>[kmgt])(?:i?b)?|b)?", re.IGNORECASE)
 _SIZE_FACTORS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 _DURATION_PART = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)")
@@ -28,7 +29,7 @@ def parse_size(value: object) -> int:
     match = _SIZE.fullmatch(value.strip())
     if match is None:
         raise ValueError(f"invalid size '{value}'; {SIZE_HINT}")
-    size = int(float(match["number"]) * _SIZE_FACTORS[match["unit"].lower()])
+    size = int(float(match["number"]) * _SIZE_FACTORS[(match["unit"] or "").lower()])
     if size <= 0:
         raise ValueError(f"invalid size '{value}'; the size must be positive; {SIZE_HINT}")
     return size
@@ -45,8 +46,8 @@ def parse_duration(value: object) -> float:
     else:
         raise ValueError(f"invalid duration {value!r}; {DURATION_HINT}")
 
-    if seconds <= 0:
-        raise ValueError(f"invalid duration {value!r}; the duration must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"invalid duration {value!r}; the duration must be a positive, finite number")
     return seconds
 
 

@@ -54,6 +54,10 @@ def load(text: str) -> LocatedDocument:
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
+    except yaml.composer.ComposerError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        raise YamlProblem(line, "the file holds more than one YAML document; keep only the first") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -112,5 +116,11 @@ class _Walker:
     def _build_scalar(self, node: yaml.Node) -> Any:
         try:
             return self._loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            shown_tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            message = f"invalid value: unsupported tag '{shown_tag}'; remove the tag"
+            if not node.tag.startswith("tag:yaml.org,2002:python/"):
+                message = f"invalid value: {exc.problem}"
+            raise YamlProblem(node.start_mark.line + 1, message) from exc
         except yaml.YAMLError as exc:
             raise YamlProblem(node.start_mark.line + 1, f"invalid value: {exc}") from exc

@@ -230,12 +230,6 @@ def test_empty_custom_workspace_accepted(plan_for: PlanFor, source_dir: Path, tm
 
 
 @pytest.mark.parametrize("place", ["runs-inside-workspace", "workspace-is-run-folder"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="a custom workspace may contain the runs folder when no agent "
-    "has a default workspace, which gives the agent write access to the run's logs "
-    "and result files",
-)
 def test_workspace_holding_run_folder_rejected(plan_for: PlanFor, source_dir: Path, tmp_path: Path, place: str) -> None:
     if place == "runs-inside-workspace":
         workspace, runs = tmp_path / "ws", tmp_path / "ws" / "runs"
