@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 images_app = typer.Typer(help="Build the sandbox images.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
+audit_app = typer.Typer(help="Check a run's audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 _options = {"debug": False}
 
@@ -177,6 +179,74 @@ def cleanup(
         report = clean(_runtime(), run_id=run_id, runs_root=runs_dir, remove_files=remove_files)
         typer.echo(report)
         return 0
+
+    _guarded(body)
+
+
+@app.command()
+def publish(
+    run_id: Annotated[str, typer.Argument(help="The run whose agents' workspaces are published.", show_default=False)],
+    agent: Annotated[str | None, typer.Argument(help="Publish only this agent.")] = None,
+    runs_dir: RunsDirOption = Path("runs"),
+    json_output: JsonOption = False,
+) -> None:
+    """Publish agents' workspaces of a finished run into its output tree again."""
+
+    def body() -> int:
+        from .publishing import publish_run
+
+        reports = publish_run(runs_dir, run_id, agent)
+        if json_output:
+            typer.echo(json.dumps([report.to_json() for report in reports], indent=2))
+        for report in reports if not json_output else []:
+            typer.echo(f"{report.agent}: published {len(report.published)} file(s), {len(report.findings)} finding(s)")
+            for finding in report.findings:
+                typer.echo(f"  {finding.kind}: {finding.path}: {finding.detail}")
+        return 1 if any(report.findings for report in reports) else 0
+
+    _guarded(body)
+
+
+@app.command()
+def provenance(
+    path: Annotated[str, typer.Argument(help="A file in the output tree, relative to it or absolute.")],
+    output: Annotated[Path, typer.Option("--output", help="The output tree to look in.")] = Path("generated"),
+    json_output: JsonOption = False,
+) -> None:
+    """Show who published a file of the output tree, and when."""
+
+    def body() -> int:
+        from .provenance import history
+
+        records = history(output, path)
+        if json_output:
+            typer.echo(json.dumps(records, indent=2))
+            return 0 if records else 1
+        if not records:
+            typer.echo(f"no publish of {path} is recorded in {output}", err=True)
+            return 1
+        for record in records:
+            typer.echo(
+                f"{record.get('time')}  {record.get('action'):<8}  run {record.get('run')}  "
+                f"agent {record.get('agent')}  sha256 {str(record.get('sha256'))[:16]}  {record.get('size')} bytes"
+            )
+        return 0
+
+    _guarded(body)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    run_folder: Annotated[Path, typer.Argument(help="The run folder (runs/<run-id>) or its audit.jsonl.")],
+) -> None:
+    """Check that a run's audit log is intact: exit 0 if it is, 1 naming the first bad record if not."""
+
+    def body() -> int:
+        from .audit_check import check_run_log
+
+        ok, message = check_run_log(run_folder)
+        typer.echo(message, err=not ok)
+        return 0 if ok else 1
 
     _guarded(body)
 

@@ -134,6 +134,20 @@ class ResourceOverrides(Model):
         return value
 
 
+class Limits(Model):
+    """Publishing limits of one agent: bytes per file, bytes in all, and the number of files."""
+
+    max_file_size: Size = 64 * 1024**2
+    max_total_bytes: Size = 1024**3
+    max_files: int = Field(default=100_000, ge=1, le=10_000_000)
+
+
+class LimitOverrides(Model):
+    max_file_size: Size | None = None
+    max_total_bytes: Size | None = None
+    max_files: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
 class Defaults(Model):
     image: str = DEFAULT_IMAGE
     resources: Resources = Resources()
@@ -159,6 +173,7 @@ class Agent(Model):
     resources: ResourceOverrides = ResourceOverrides()
     timeout: Duration | None = None
     writes: list[ClaimGlob] = []
+    limits: LimitOverrides = LimitOverrides()
     workspace: str | None = Field(default=None, min_length=1)
 
     @field_validator("name")
@@ -217,6 +232,7 @@ class Manifest(Model):
     source: Annotated[Source, BeforeValidator(_source_from_text)]
     output: str = Field(default="./generated", min_length=1)
     defaults: Defaults = Defaults()
+    limits: Limits = Limits()
     agents: list[Agent] = Field(min_length=1, max_length=500)
     shared: list[SharedPath] = []
 

@@ -17,13 +17,10 @@ from pydantic import BaseModel, ConfigDict
 
 from . import __version__
 from .errors import PlanError
+from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
 from .manifest import Agent, LoadedManifest, Resources
 from .plan_checks import check_paths
 
-SOURCE_TARGET = "/workspace/src"
-OUTPUT_TARGET = "/workspace/output"
-HOME_TARGET = "/home/agent"
-TMP_TARGET = "/tmp"
 # The unprivileged UID and GID that agents run as when orchestrate itself runs as root.
 FALLBACK_UID = 1000
 FALLBACK_GID = 1000
@@ -95,6 +92,12 @@ class ContainerSpec(Frozen):
     labels: dict[str, str]
 
 
+class PublishLimitSpec(Frozen):
+    max_file_size: int
+    max_total_bytes: int
+    max_files: int
+
+
 class AgentPlan(Frozen):
     name: str
     profile: str
@@ -103,6 +106,7 @@ class AgentPlan(Frozen):
     log_path: Path
     timeout: float
     writes: tuple[str, ...]
+    publish_limits: PublishLimitSpec
     # Host owner of the workspace, so the agent's UID can write it.
     host_uid: int
     host_gid: int
@@ -115,6 +119,7 @@ class SharedPlan(Frozen):
 
 class RunPlan(Frozen):
     run_id: str
+    manifest_name: str
     manifest: Path
     manifest_sha256: str
     run_dir: Path
@@ -178,6 +183,11 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
             run_id=run_id,
             facts=facts,
             timeout=agent.timeout or manifest.defaults.timeout,
+            publish_limits=PublishLimitSpec(**{
+                **manifest.limits.model_dump(),
+                **agent.limits.model_dump(exclude_none=True),
+            }),
+            output=paths.output,
         ))
 
     problems.extend(paths.problems)
@@ -187,6 +197,7 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
 
     return RunPlan(
         run_id=run_id,
+        manifest_name=manifest.name,
         manifest=loaded.path.resolve(),
         manifest_sha256=loaded.sha256,
         run_dir=run_dir,
@@ -222,6 +233,8 @@ def _agent_plan(
     run_id: str,
     facts: HostFacts,
     timeout: float,
+    publish_limits: PublishLimitSpec,
+    output: Path,
 ) -> AgentPlan:
     if facts.uid == 0:
         uid, gid = FALLBACK_UID, FALLBACK_GID
@@ -234,11 +247,15 @@ def _agent_plan(
         *(
             MountSpec(type="tmpfs", target=f"{SOURCE_TARGET}/{mask.relative_to(source)}",
                       read_only=True, size=4096,
-                      purpose="hides run folders that lie inside the source")
+                      purpose="hides a folder that orchestrate writes, inside the source")
             for mask in masks
         ),
         MountSpec(type="bind", source=str(workspace), target=OUTPUT_TARGET, read_only=False,
                   purpose="this agent's private workspace"),
+        MountSpec(type="bind", source=str(output), target=SHARED_TARGET, read_only=True,
+                  purpose="the shared output tree, read-only"),
+        MountSpec(type="tmpfs", target=f"{SHARED_TARGET}/{STATE_FOLDER}", read_only=True, size=4096,
+                  purpose="hides the publisher's locks and staging files"),
         MountSpec(type="tmpfs", target=TMP_TARGET, read_only=False, size=resources.tmp,
                   purpose="scratch space, counted against the memory limit"),
         MountSpec(type="tmpfs", target=HOME_TARGET, read_only=False, size=resources.home,
@@ -267,6 +284,7 @@ def _agent_plan(
         log_path=run_dir / "agents" / f"{agent.name}.log",
         timeout=timeout,
         writes=tuple(agent.writes),
+        publish_limits=publish_limits,
         host_uid=facts.userns_offset + uid,
         host_gid=facts.userns_offset + gid,
     )

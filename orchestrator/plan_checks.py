@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .claims import find_overlaps
 from .errors import Problem
 from .hostpaths import home_directories, is_within, scan_source, sensitive_reason
+from .layout import STATE_FOLDER
 
 if TYPE_CHECKING:
     from .manifest import LoadedManifest
@@ -82,6 +84,9 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
     problems.extend(_overlap_problems(loaded, workspaces, source=source, output=output))
 
     masks = [runs] if is_within(runs, source) and runs != source else []
+    state = output / STATE_FOLDER
+    if is_within(state, source) and not any(is_within(state, mask) for mask in masks):
+        masks.append(state)
     for agent in manifest.agents:
         workspace = workspaces[agent.name]
         if agent.workspace is not None and is_within(workspace, source) and workspace != source:
@@ -95,7 +100,25 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
             reject(("source",), f"{finding.path} {finding.reason}; move it out of the source "
                    "or point source at a folder without it")
 
+    problems.extend(_claim_problems(loaded))
     return CheckedPaths(source=source, output=output, workspaces=workspaces, masks=tuple(masks), problems=problems)
+
+
+def _claim_problems(loaded: LoadedManifest) -> list[Problem]:
+    """Reject two agents whose `writes` claims overlap outside the manifest's shared paths."""
+    agents = loaded.manifest.agents
+    index_of = {agent.name: index for index, agent in enumerate(agents)}
+    claims = {agent.name: agent.writes for agent in agents if agent.writes}
+    shared = {item.path for item in loaded.manifest.shared}
+    problems = []
+    for overlap in find_overlaps(claims, shared):
+        position = agents[index_of[overlap.second_agent]].writes.index(overlap.second_pattern)
+        problems.append(loaded.problem(
+            ("agents", index_of[overlap.second_agent], "writes", position),
+            f"claim '{overlap.second_pattern}' overlaps claim '{overlap.first_pattern}' of agent "
+            f"{overlap.first_agent}; make the claims disjoint, or list the common path under `shared`",
+        ))
+    return problems
 
 
 def _shown(written: str, resolved: Path) -> str:

@@ -70,7 +70,7 @@ def _mount_line(mount: MountSpec) -> str:
 
 
 def result_text(result: RunResult) -> str:
-    rows = [("AGENT", "STATE", "EXIT", "SECONDS", "FILES", "NOTE")]
+    rows = [("AGENT", "STATE", "EXIT", "SECONDS", "FILES", "PUBLISHED", "NOTE")]
     for agent in result.agents:
         rows.append((
             agent.name,
@@ -78,11 +78,13 @@ def result_text(result: RunResult) -> str:
             "-" if agent.exit_code is None else str(agent.exit_code),
             "-" if agent.seconds is None else f"{agent.seconds:.2f}",
             str(agent.files),
+            str(agent.published),
             agent.message or "",
         ))
-    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    columns = len(rows[0]) - 1
+    widths = [max(len(row[column]) for row in rows) for column in range(columns)]
     lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)) + "  " + row[5]
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:columns], widths, strict=True)) + "  " + row[columns]
         for row in rows
     ]
     lines.append("")

@@ -12,6 +12,7 @@ from .units import format_size
 
 if TYPE_CHECKING:
     from .plan import AgentPlan
+    from .publish import PublishReport
     from .workspace import WorkspaceScan
 
 # Final states of an agent. Only "succeeded" counts as success.
@@ -37,6 +38,8 @@ class AgentResult:
     effective_pids: int | None = None
     effective_memory: int | None = None
     stop_seconds: float | None = None
+    published: int = 0
+    publish_findings: list[dict[str, str]] = field(default_factory=list)
     _failure: tuple[str, str] | None = None
     _started: float | None = None
     _ended: float | None = None
@@ -78,6 +81,29 @@ class AgentResult:
             noun = "entry" if count == 1 else "entries"
             self.fail("violation", f"the workspace hides {count} {noun}, first {scan.findings[0]}")
 
+    def may_publish(self) -> bool:
+        """Return whether the workspace should be published: only after a clean, successful exit."""
+        return self._failure is None and not self.interrupted and not self.timed_out and self.exit_code == 0
+
+    def record_publish(self, report: PublishReport) -> None:
+        self.published = sum(item.action != "unchanged" for item in report.published)
+        self.publish_findings = [finding.to_json() for finding in report.findings]
+        if report.findings:
+            first = report.findings[0]
+            count = len(report.findings)
+            self.fail("violation", f"{count} publishing finding(s), first {first.kind}: {first.path}: {first.detail}")
+
+    def audit_fields(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "oom_killed": self.oom_killed,
+            "seconds": None if self.seconds is None else round(self.seconds, 3),
+            "files": self.files,
+            "published": self.published,
+            "message": self.message,
+        }
+
     def settle(self) -> None:
         """Decide the final state from everything recorded."""
         if self._started is not None and self._ended is not None:
@@ -115,6 +141,8 @@ class AgentResult:
             "files": self.files,
             "bytes": self.bytes,
             "findings": self.findings,
+            "published": self.published,
+            "publish_findings": self.publish_findings,
             "message": self.message,
             "workspace": str(self.workspace),
             "log": str(self.log_path),
@@ -130,6 +158,8 @@ class RunResult:
     agents: list[AgentResult]
     interrupted_by: str | None
     seconds: float
+    # The hash of the audit log's last record, kept outside the log so a rewritten log can be told.
+    audit_head: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -153,5 +183,6 @@ class RunResult:
             "exit_code": self.exit_code,
             "interrupted_by": self.interrupted_by,
             "seconds": round(self.seconds, 3),
+            "audit_head": self.audit_head,
             "agents": [agent.to_json() for agent in self.agents],
         }

@@ -20,11 +20,14 @@ import anyio
 from anyio.abc import TaskStatus
 
 from . import workspace
+from .audit import AuditLog
 from .errors import DockerUnavailable
 from .plan import LABEL_RUN, AgentPlan, RunPlan
+from .publish import PublishError, PublishLimits, PublishReport, PublishRequest, check_workspace, publish_agent
 from .results import AgentResult, RunResult
 from .runtime import Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
+from .runtime.inspection import security_summary
 from .shutdown import DEFAULT_GRACE, stop_all, stop_container
 from .workers import Workers
 
@@ -56,11 +59,18 @@ class Supervisor:
         self.interrupted_by: str | None = None
         self._containers: dict[str, str] = {}
         self._agents_scope: anyio.CancelScope | None = None
+        self._log: AuditLog | None = None
+
+    def _audit(self, kind: str, **fields: object) -> None:
+        if self._log is not None:
+            self._log.append(kind, **fields)
 
     async def run(self) -> RunResult:
         started = time.monotonic()
         workspace.prepare(self.plan)
         _write_json(self.plan.run_dir / "plan.json", self.plan.model_dump(mode="json"))
+        self._log = AuditLog.create(self.plan.run_dir / "audit.jsonl", run_id=self.plan.run_id)
+        self._audit_run_start()
         log.info("run %s started with %d agents in %s", self.plan.run_id, len(self.plan.agents), self.plan.run_dir)
 
         async with anyio.create_task_group() as outer:
@@ -81,9 +91,38 @@ class Supervisor:
             interrupted_by=self.interrupted_by,
             seconds=time.monotonic() - started,
         )
+        self._audit("run-end", exit_code=result.exit_code, interrupted_by=self.interrupted_by,
+                    states={agent.name: agent.state for agent in result.agents})
+        if self._log is not None:
+            result.audit_head = self._log.last_hash
+            self._log.close()
         _write_json(self.plan.run_dir / "result.json", result.to_json())
         log.info("run %s ended in %.2f s: %s", self.plan.run_id, result.seconds, result.headline())
         return result
+
+    def _audit_run_start(self) -> None:
+        plan = self.plan
+        self._audit(
+            "run-start",
+            manifest=str(plan.manifest),
+            manifest_sha256=plan.manifest_sha256,
+            source=str(plan.source),
+            output=str(plan.output),
+            agents=[
+                {
+                    "name": agent.name,
+                    "image": agent.container.image,
+                    "image_id": agent.container.image_id,
+                    "command": list(agent.container.command),
+                    "env_names": list(agent.container.env_names),
+                    "limits": agent.container.limits.model_dump(),
+                    "timeout": agent.timeout,
+                    "writes": list(agent.writes),
+                }
+                for agent in plan.agents
+            ],
+            shared=[item.model_dump() for item in plan.shared],
+        )
 
     async def _run_agents(self) -> None:
         with anyio.CancelScope() as scope:
@@ -93,7 +132,8 @@ class Supervisor:
                     group.start_soon(self._supervise, agent)
 
     async def _watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # SIGHUP too: closing the terminal must stop the agents, not orphan them.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             task_status.started()
             async for received in signals:
                 name = signal.Signals(received).name
@@ -122,6 +162,7 @@ class Supervisor:
                 with anyio.move_on_after(EVIDENCE_DEADLINE, shield=True):
                     await self._finish(agent, container_id, result)
             result.settle()
+            self._audit("agent-exit", agent=agent.name, **result.audit_fields())
             log.info("agent %s: %s", agent.name, result.describe())
 
     async def _launch(self, agent: AgentPlan, result: AgentResult) -> bool:
@@ -152,6 +193,7 @@ class Supervisor:
             result.fail("error", str(exc))
             return False
         result.mark_started()
+        self._audit("agent-start", agent=agent.name, container=self._containers[agent.name])
         log.info("agent %s started in container %s", agent.name, self._containers[agent.name][:12])
 
         return await self._verify_limits(agent, result)
@@ -160,9 +202,12 @@ class Supervisor:
         """Read the cgroup back; stop the agent at once when a limit is not in force."""
         container_id = self._containers[agent.name]
         try:
-            limits = await self.workers.call(self.runtime.effective_limits, container_id)
+            inspect = await self.workers.call(self.runtime.inspect, container_id)
+            limits = await self.workers.call(self.runtime.effective_limits, inspect)
         except (RuntimeFailure, ContainerGone):
             return True  # The container already exited; its exit is handled as usual.
+        self._audit("container-started", agent=agent.name, container=container_id,
+                    security=security_summary(inspect))
         result.effective_pids = limits.pids
         result.effective_memory = limits.memory
 
@@ -170,9 +215,13 @@ class Supervisor:
         if problem is None:
             return True
         if problem.startswith("unverified"):
-            log.warning("agent %s: %s", agent.name, problem)
+            # An agent that already exited has no cgroup left to read; that is no warning.
+            if inspect["State"].get("Running"):
+                log.warning("agent %s: %s", agent.name, problem)
+                self._audit("warning", agent=agent.name, message=problem)
             return True
         result.fail("error", f"{problem}; the agent was stopped")
+        self._audit("violation", agent=agent.name, violation="limit-not-enforced", detail=problem)
         await stop_container(self.runtime, self.workers, container_id, grace=0, force=self.force)
         return False
 
@@ -225,6 +274,38 @@ class Supervisor:
 
         scan = await anyio.to_thread.run_sync(workspace.scan, agent.workspace)
         result.record_workspace(scan)
+        for finding in scan.findings:
+            self._audit("violation", agent=agent.name, violation="unreadable-entry", detail=finding)
+        await self._publish(agent, result)
+
+    async def _publish(self, agent: AgentPlan, result: AgentResult) -> None:
+        """Publish the workspace of an agent that succeeded; only check the others'."""
+        publish = result.may_publish()
+        try:
+            report = await self.workers.stop_call(self._publish_in_thread, agent, publish)
+        except PublishError as exc:
+            log.error("agent %s: publishing failed: %s", agent.name, exc)
+            self._audit("violation", agent=agent.name, violation="publish-failed", detail=str(exc))
+            result.fail("error", f"publishing failed: {exc}")
+            return
+        result.record_publish(report)
+        log.info(
+            "agent %s: published %d file(s) in %.2f s, %d finding(s)",
+            agent.name, len(report.published), report.seconds, len(report.findings),
+        )
+
+    def _publish_in_thread(self, agent: AgentPlan, publish: bool) -> PublishReport:
+        request = publish_request(self.plan, agent)
+        report = publish_agent(request) if publish else check_workspace(request)
+        _write_json(agent.log_path.with_suffix(".publish.json"), report.to_json())
+        for item in report.published:
+            if item.action != "unchanged":
+                self._audit("publish", agent=agent.name, path=item.path, action=item.action,
+                            sha256=item.sha256, size=item.size)
+        for finding in report.findings:
+            kind = "conflict" if finding.kind == "write-conflict" else "violation"
+            self._audit(kind, agent=agent.name, violation=finding.kind, path=finding.path, detail=finding.detail)
+        return report
 
     async def _sweep_leftovers(self) -> None:
         """Stop and remove every container labelled with this run that is still around."""
@@ -244,6 +325,21 @@ class Supervisor:
                 await self.workers.stop_call(self.runtime.remove, container_id)
             except (RuntimeFailure, DockerUnavailable) as exc:
                 log.error("could not remove container %s: %s", container_id[:12], exc)
+
+
+def publish_request(plan: RunPlan, agent: AgentPlan) -> PublishRequest:
+    """Build the publisher's request for one agent of a plan."""
+    return PublishRequest(
+        output=plan.output,
+        run_id=plan.run_id,
+        run_dir=plan.run_dir,
+        manifest_name=plan.manifest_name,
+        agent=agent.name,
+        workspace=agent.workspace,
+        claims=agent.writes,
+        shared=[(item.path, item.mode) for item in plan.shared],
+        limits=PublishLimits(**agent.publish_limits.model_dump()),
+    )
 
 
 def limit_problem(agent: AgentPlan, pids: int | None, memory: int | None) -> str | None:

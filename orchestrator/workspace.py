@@ -13,7 +13,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import EnvironmentProblem
+from .layout import STATE_FOLDER
 from .plan import AgentPlan, RunPlan
+from .publish.locks import make_shared_folder
 
 
 @dataclass
@@ -25,10 +28,22 @@ class WorkspaceScan:
 
 
 def prepare(plan: RunPlan) -> None:
-    """Create the run folder and every agent's empty workspace with the right owner."""
-    (plan.run_dir / "agents").mkdir(parents=True, exist_ok=False, mode=0o700)
-    for agent in plan.agents:
-        _prepare_workspace(agent)
+    """Create the run folder, every agent's empty workspace with the right owner, and the output tree.
+
+    The output tree and its state folder must exist before any container starts,
+    because they are mount points: the tree itself, and the mask over its state folder.
+    """
+    try:
+        (plan.run_dir / "agents").mkdir(parents=True, exist_ok=False, mode=0o700)
+        for agent in plan.agents:
+            _prepare_workspace(agent)
+        plan.output.mkdir(parents=True, exist_ok=True)
+        make_shared_folder(plan.output / STATE_FOLDER)
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"cannot prepare the run folder {plan.run_dir} or the output tree {plan.output}: {exc.strerror}; "
+            "check that both paths are writable folders"
+        ) from exc
 
 
 def _prepare_workspace(agent: AgentPlan) -> None:

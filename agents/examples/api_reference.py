@@ -283,6 +283,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def write_summary_section(out: str, title: str, text: str) -> None:
+    """Write this agent's section of the shared SUMMARY.md, which the publisher appends for every agent."""
+    with open(os.path.join(out, "SUMMARY.md"), "w", encoding="utf-8") as handle:
+        handle.write(f"## {title}\n\n{text}\n\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not os.path.isdir(args.package):
@@ -294,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"error: failed to write output under {args.out}: {error}", file=sys.stderr)
         return 1
-    print(f"api_reference: wrote {modules} module pages and api/index.md to {args.out} "
-          f"({failed} failed to parse, {skipped} paths skipped)")
+    summary = (f"wrote {modules} module pages and api/index.md "
+               f"({failed} failed to parse, {skipped} paths skipped)")
+    write_summary_section(args.out, "API reference", summary)
+    print(f"api_reference: {summary} to {args.out}")
     return 0
 
 

@@ -267,6 +267,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def write_summary_section(out: str, title: str, text: str) -> None:
+    """Write this agent's section of the shared SUMMARY.md, which the publisher appends for every agent."""
+    with open(os.path.join(out, "SUMMARY.md"), "w", encoding="utf-8") as handle:
+        handle.write(f"## {title}\n\n{text}\n\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not os.path.isdir(args.package):
@@ -284,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: failed to write output under {args.out}: {error}", file=sys.stderr)
         return 1
     summary = report["summary"]
-    print(f"static_check: {summary['files']} files, {summary['failed']} failed to compile, "
-          f"{summary['lines']} lines, {summary['functions']} functions; report in {report_dir}")
+    text = (f"{summary['files']} files, {summary['failed']} failed to compile, "
+            f"{summary['lines']} lines, {summary['functions']} functions")
+    write_summary_section(args.out, "Static check", text + "; details in static-check/report.md")
+    print(f"static_check: {text}; report in {report_dir}")
     return 0
 
 

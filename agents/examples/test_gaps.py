@@ -249,6 +249,12 @@ def check_directory(option: str, path: str, required: bool) -> str | None:
     return f"error: {option} {reason}: {path}"
 
 
+def write_summary_section(out: str, title: str, text: str) -> None:
+    """Write this agent's section of the shared SUMMARY.md, which the publisher appends for every agent."""
+    with open(os.path.join(out, "SUMMARY.md"), "w", encoding="utf-8") as handle:
+        handle.write(f"## {title}\n\n{text}\n\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     message = (check_directory("--package", args.package, required=True)
@@ -263,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: failed to write output under {args.out}: {error}", file=sys.stderr)
         return 1
     report_dir = os.path.join(args.out, "test-gaps")
-    print(f"test_gaps: {len(report['untested'])} of {report['public']} public callables not named "
-          f"in {len(report['test_files'])} test files; report in {report_dir}")
+    summary = (f"{len(report['untested'])} of {report['public']} public callables not named "
+               f"in {len(report['test_files'])} test files")
+    write_summary_section(args.out, "Test gaps", summary + "; details in test-gaps/report.md")
+    print(f"test_gaps: {summary}; report in {report_dir}")
     return 0
 
 

@@ -49,7 +49,8 @@ class Runtime(Protocol):
 
     def inspect(self, container_id: str) -> dict[str, Any]: ...
 
-    def effective_limits(self, container_id: str) -> EffectiveLimits: ...
+    def effective_limits(self, inspect: dict[str, Any]) -> EffectiveLimits:
+        """Read the limits in force from the cgroup of the container that `inspect` describes."""
 
     def signal(self, container_id: str, signal: str) -> None: ...
 

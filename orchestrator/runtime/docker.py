@@ -133,8 +133,8 @@ class DockerRuntime:
             running=bool(state.get("Running")) or bool(state.get("Restarting")),
         )
 
-    def effective_limits(self, container_id: str) -> EffectiveLimits:
-        pid = int(self.inspect(container_id)["State"].get("Pid") or 0)
+    def effective_limits(self, inspect: dict[str, Any]) -> EffectiveLimits:
+        pid = int(inspect["State"].get("Pid") or 0)
         return read_effective_limits(pid)
 
     def signal(self, container_id: str, signal: str) -> None:

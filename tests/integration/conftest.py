@@ -124,7 +124,10 @@ def project(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Proj
     shutil.copy(SCRIPTS / "probe.py", scratch.source / "probe.py")
     yield scratch
     for container in scratch.containers():
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass  # orchestrate removed it first.
 
 
 @pytest.fixture(scope="session")

@@ -140,7 +140,7 @@ def test_workspace_tmp_and_home_writable(probe_run: dict[str, Any]) -> None:
 
 def test_neighbour_workspace_invisible(probe_run: dict[str, Any]) -> None:
     marker = probe_run["marker"]
-    assert probe_run["report"]["marker_paths"] == [f"/workspace/output/{marker}"]
+    assert probe_run["report"]["marker_paths"] == [f"/tmp/{marker}"]
 
 
 def test_runs_folder_masked_in_source(probe_run: dict[str, Any]) -> None:

@@ -408,6 +408,8 @@ def test_container_mounts_exact(secret_plan: RunPlan, source_dir: Path, runs_roo
     assert mounts == [
         ("bind", str(source_dir), "/workspace/src", True, None),
         ("bind", str(runs_root / RUN_ID / "agents" / "reader"), "/workspace/output", False, None),
+        ("bind", str(secret_plan.output), "/workspace/shared", True, None),
+        ("tmpfs", None, "/workspace/shared/.orchestrate", True, 4096),
         ("tmpfs", None, "/tmp", False, 256 * 1024**2),
         ("tmpfs", None, "/home/agent", False, 64 * 1024**2),
     ]

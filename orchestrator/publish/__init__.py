@@ -1,0 +1,240 @@
+"""Publish an agent's workspace into the shared output tree: claimed, locked, atomic, recorded.
+
+Publishing runs in two phases. Staging copies every publishable file out of
+the workspace into a private folder on the output tree's file system and
+flushes it to disk once. Committing then takes each path's lock, decides by
+the ledger whether this agent may write the path, moves the staged file into
+place with one rename, records it in the ledger and releases the lock. A
+crash or a full disk therefore leaves each path with its old content or its
+new content, never a part of either.
+
+An exclusive path belongs to the first owner (manifest name and agent) that
+published it; another owner's version is a write conflict and is kept as
+evidence under the run's `conflicts/` folder. An append path gets each
+distinct content of each owner once, in the order the lock was taken, so a
+rerun with unchanged results does not repeat them.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..claims import Claim
+from ..layout import STATE_FOLDER
+from .fsops import (
+    UnsafePath,
+    directory_chain,
+    open_directory,
+    read_regular_file,
+    sync_filesystem,
+    write_new_file,
+)
+from .ledger import Ledger
+from .locks import DEFAULT_LOCK_TIMEOUT, LockRoom, PublishError, make_shared_folder
+from .model import WRITE_CONFLICT, Finding, Published, PublishLimits, PublishReport, SharedMode, Staged
+from .stage import stage_workspace
+
+__all__ = [
+    "PublishError",
+    "PublishLimits",
+    "PublishReport",
+    "PublishRequest",
+    "check_workspace",
+    "publish_agent",
+    "state_folder",
+]
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    output: Path
+    run_id: str
+    run_dir: Path
+    # The owner of exclusive paths is "<manifest name>/<agent>", so a rerun of the same agent updates its files.
+    manifest_name: str
+    agent: str
+    workspace: Path
+    claims: Sequence[str]
+    shared: Sequence[tuple[str, SharedMode]]
+    limits: PublishLimits
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+
+    @property
+    def owner(self) -> str:
+        return f"{self.manifest_name}/{self.agent}"
+
+
+def state_folder(output: Path) -> Path:
+    return output / STATE_FOLDER
+
+
+def check_workspace(request: PublishRequest) -> PublishReport:
+    """Collect the findings of a workspace without publishing it, for agents that did not succeed."""
+    started = time.monotonic()
+    _staged, findings, notices = stage_workspace(
+        request.workspace,
+        None,
+        claims=[Claim.parse(pattern) for pattern in request.claims],
+        shared=[(Claim.parse(pattern), mode) for pattern, mode in request.shared],
+        limits=request.limits,
+    )
+    return PublishReport(agent=request.agent, findings=findings, notices=notices, seconds=time.monotonic() - started)
+
+
+def publish_agent(request: PublishRequest) -> PublishReport:
+    """Publish every file of one agent's workspace; return what was published and every finding."""
+    started = time.monotonic()
+    report = PublishReport(agent=request.agent)
+    request.output.mkdir(parents=True, exist_ok=True)
+    state = state_folder(request.output)
+    room = LockRoom(state, run_id=request.run_id, timeout=request.lock_timeout)
+    room.register([request.agent])
+    staging = state / "staging" / f"{request.run_id}-{request.agent}-{os.getpid()}-{secrets.token_hex(4)}"
+    make_shared_folder(staging.parent)
+    staging.mkdir(mode=0o700)
+
+    ledger = Ledger(state, room)
+    ledger.open()
+    staging_fd = open_directory(staging)
+    try:
+        staged, findings, notices = stage_workspace(
+            request.workspace,
+            staging_fd,
+            claims=[Claim.parse(pattern) for pattern in request.claims],
+            shared=[(Claim.parse(pattern), mode) for pattern, mode in request.shared],
+            limits=request.limits,
+        )
+        report.findings.extend(findings)
+        report.notices.extend(notices)
+        sync_filesystem(staging_fd)
+
+        output_fd = open_directory(request.output)
+        try:
+            committer = _Committer(request, room, ledger, staging_fd, output_fd, report)
+            for item in staged:
+                committer.commit(item)
+        finally:
+            os.close(output_fd)
+    except OSError as exc:
+        raise PublishError(
+            f"publishing agent {request.agent} into {request.output} failed: {exc.strerror or exc}"
+            + ("; free some disk space and publish again" if exc.errno == errno.ENOSPC else "")
+        ) from exc
+    finally:
+        os.close(staging_fd)
+        ledger.close()
+        shutil.rmtree(staging, ignore_errors=True)
+
+    report.seconds = time.monotonic() - started
+    return report
+
+
+@dataclass
+class _Committer:
+    request: PublishRequest
+    room: LockRoom
+    ledger: Ledger
+    staging_fd: int
+    output_fd: int
+    report: PublishReport
+
+    def commit(self, item: Staged) -> None:
+        with self.room.hold(item.path):
+            self.ledger.refresh()
+            try:
+                with directory_chain(self.output_fd, item.parts[:-1], create=True) as folder_fd:
+                    self._commit_in(item, folder_fd)
+            except UnsafePath as exc:
+                self._conflict(item, f"the output tree has a symlink or file where a folder belongs ({exc})")
+
+    def _commit_in(self, item: Staged, folder_fd: int) -> None:
+        name = item.parts[-1]
+        try:
+            existing = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and not stat.S_ISREG(existing.st_mode):
+            self._conflict(item, "the output tree has a folder, symlink or special file at this path")
+            return
+
+        if item.shared_mode == "append":
+            self._append(item, folder_fd, name, existing)
+            return
+
+        owner = self.ledger.owner_of(item.path)
+        if existing is not None and owner != self.request.owner:
+            holder = owner or "someone outside orchestrate (the file is not in the ledger)"
+            self._conflict(item, f"the path belongs to {holder}")
+            return
+        if existing is not None and self._same_content(folder_fd, name, item):
+            os.unlink(item.staged_name, dir_fd=self.staging_fd)
+            self.report.published.append(Published(item.path, "unchanged", item.sha256, item.size))
+            return
+
+        os.rename(item.staged_name, name, src_dir_fd=self.staging_fd, dst_dir_fd=folder_fd)
+        action = "created" if existing is None else "replaced"
+        self._record(item, action)
+
+    def _append(self, item: Staged, folder_fd: int, name: str, existing: os.stat_result | None) -> None:
+        if self.ledger.has_contribution(item.path, owner=self.request.owner, sha256=item.sha256):
+            os.unlink(item.staged_name, dir_fd=self.staging_fd)
+            self.report.published.append(Published(item.path, "unchanged", item.sha256, item.size))
+            return
+
+        contribution, _info = read_regular_file(self.staging_fd, item.staged_name, max_bytes=item.size)
+        current = b""
+        if existing is not None:
+            current, _info = read_regular_file(folder_fd, name, max_bytes=existing.st_size + (1 << 20))
+        if current and not current.endswith(b"\n"):
+            current += b"\n"
+
+        temporary = write_new_file(folder_fd, current + contribution, mode=0o644)
+        fd = os.open(temporary, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder_fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        os.unlink(item.staged_name, dir_fd=self.staging_fd)
+        self._record(item, "appended")
+
+    def _same_content(self, folder_fd: int, name: str, item: Staged) -> bool:
+        try:
+            data, _info = read_regular_file(folder_fd, name, max_bytes=item.size)
+        except (OSError, UnsafePath):
+            return False
+        return len(data) == item.size and hashlib.sha256(data).hexdigest() == item.sha256
+
+    def _record(self, item: Staged, action: str) -> None:
+        self.ledger.append(
+            {
+                "path": item.path,
+                "run": self.request.run_id,
+                "agent": self.request.agent,
+                "owner": self.request.owner,
+                "sha256": item.sha256,
+                "size": item.size,
+                "mode": f"{item.mode:o}",
+                "action": action,
+            }
+        )
+        self.report.published.append(Published(item.path, action, item.sha256, item.size))  # type: ignore[arg-type]
+
+    def _conflict(self, item: Staged, reason: str) -> None:
+        """Keep the rejected version as evidence under the run folder and report a write conflict."""
+        evidence = self.request.run_dir / "conflicts" / self.request.agent / Path(*item.parts)
+        evidence.parent.mkdir(parents=True, exist_ok=True)
+        data, _info = read_regular_file(self.staging_fd, item.staged_name, max_bytes=item.size)
+        evidence.write_bytes(data)
+        os.unlink(item.staged_name, dir_fd=self.staging_fd)
+        detail = f"{reason}; this agent's version is kept at {evidence}"
+        self.report.findings.append(Finding(WRITE_CONFLICT, item.path, detail))

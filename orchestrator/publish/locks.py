@@ -1,0 +1,160 @@
+"""Per-path file locks for the output tree, and naming the process that holds one.
+
+Lock files live in `<output>/.orchestrate/locks/`, a folder that agents never
+see (the plan masks it), because flock needs no write permission: anyone who
+can open a lock file can hold it forever. Lock files are never deleted, since
+flock locks an inode and a deleted and re-created file would let two
+processes hold "the same" lock.
+
+Modes are set explicitly, not left to the umask: the folder is group-shared
+(setgid, 2775) and lock files are 0664, so CI jobs running as different users
+of one group can share an output tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import filelock
+
+from ..errors import OrchestrateError
+from .fsops import SHARED_DIRECTORY_MODE
+
+LOCK_FILE_MODE = 0o664
+HOLDER_FILE_MODE = 0o664
+DEFAULT_LOCK_TIMEOUT = 30.0
+
+
+class PublishError(OrchestrateError):
+    """Publishing could not proceed; nothing half-written was left in the output tree."""
+
+    exit_code = 1
+
+
+class LockTimeout(PublishError):
+    pass
+
+
+class LockDenied(PublishError):
+    pass
+
+
+class LockRoom:
+    """The lock folder of one output tree, used by one publishing process."""
+
+    def __init__(self, state_dir: Path, *, run_id: str, timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+        self.folder = state_dir / "locks"
+        self.holders = state_dir / "holders"
+        self.run_id = run_id
+        self.timeout = timeout
+        for folder in (self.folder, self.holders):
+            make_shared_folder(folder)
+
+    def register(self, agents: list[str]) -> None:
+        """Record which run and agents this process publishes for, so a waiter can name them."""
+        record = {"pid": os.getpid(), "run": self.run_id, "agents": sorted(agents), "since": time.time()}
+        target = self.holders / f"{os.getpid()}.json"
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(record), encoding="utf-8")
+        os.chmod(temporary, HOLDER_FILE_MODE)
+        temporary.replace(target)
+
+    def lock_file(self, key: str) -> Path:
+        # Hashed names keep one flat folder and never run into name-length limits.
+        return self.folder / (hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:40] + ".lock")
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Hold the lock of `key` (a published path, or a name such as "ledger") until the block ends."""
+        path = self.lock_file(key)
+        lock = filelock.FileLock(str(path), timeout=self.timeout, mode=LOCK_FILE_MODE, thread_local=False)
+        try:
+            lock.acquire(poll_interval=0.01)
+        except filelock.Timeout:
+            raise LockTimeout(
+                f"timed out after {self.timeout:g} s waiting for the lock on {key} ({path}); "
+                f"it is held by {self.describe_holder(path)}. Wait for that publisher, or stop it if it hangs"
+            ) from None
+        except PermissionError as exc:
+            raise LockDenied(_denied_message(path, key)) from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def describe_holder(self, lock_path: Path) -> str:
+        """Name the process that holds `lock_path`, from /proc/locks and the holder records."""
+        pid = flock_holder(lock_path)
+        if pid is None:
+            return "an unknown process (it may have just released it)"
+        try:
+            record = json.loads((self.holders / f"{pid}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"process {pid}"
+        agents = ", ".join(record.get("agents") or []) or "unknown agents"
+        return f"process {pid} (run {record.get('run')}, agents {agents})"
+
+
+def flock_holder(path: Path) -> int | None:
+    """Return the PID that holds a flock lock on `path`, read from /proc/locks."""
+    try:
+        info = os.stat(path)
+        table = Path("/proc/locks").read_text(encoding="ascii")
+    except OSError:
+        return None
+    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 2963 fe:00:1466546 0 EOF"; a waiter's line starts with "->".
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            try:
+                return int(fields[4])
+            except ValueError:
+                return None
+    return None
+
+
+def make_shared_folder(folder: Path) -> None:
+    """Create `folder` (and parents) group-shared, with the mode set regardless of the umask."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except PermissionError as exc:
+        raise LockDenied(
+            f"cannot create {folder}: permission denied; {_owner_and_mode(folder.parent)}. "
+            f"Make the output tree writable for this user, for example: chgrp -R GROUP {folder.parent} "
+            f"&& chmod -R g+rwXs {folder.parent}"
+        ) from exc
+    try:
+        if stat.S_IMODE(folder.stat().st_mode) != SHARED_DIRECTORY_MODE:
+            os.chmod(folder, SHARED_DIRECTORY_MODE)
+    except PermissionError:
+        pass  # Only the owner may change the mode; another user created it.
+
+
+def _denied_message(path: Path, key: str) -> str:
+    subject = path if path.exists() else path.parent
+    return (
+        f"cannot open the lock file {path} for {key}: permission denied; {_owner_and_mode(subject)}. "
+        f"Give every publishing user a shared group with write access: chgrp -R GROUP {path.parent.parent.parent} "
+        f"&& chmod -R g+rwXs {path.parent.parent.parent}"
+    )
+
+
+def _owner_and_mode(path: Path) -> str:
+    try:
+        info = path.stat()
+    except OSError:
+        return f"{path} cannot be inspected"
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    return f"{path} belongs to {owner} (uid {info.st_uid}, gid {info.st_gid}) with mode {stat.filemode(info.st_mode)}"
