@@ -29,12 +29,15 @@ def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove
         lines.append(f"removed container {container_id[:12]} ({owner})")
     if not containers:
         lines.append("no container of " + (f"run {run_id}" if run_id else "any run") + " is left")
+    if run_id is not None and not (runs_root / run_id).is_dir() and not containers:
+        raise InputError(
+            f"run {run_id} is unknown: no container has its label and {runs_root / run_id} does not exist; "
+            "check the run id, or pass --runs-dir with the folder that holds the run"
+        )
 
     if remove_files and run_id is not None:
         folder = runs_root / run_id
         if folder.is_dir():
             remove_tree(folder)
             lines.append(f"deleted {folder}")
-        else:
-            lines.append(f"{folder} does not exist; nothing to delete")
     return "\n".join(lines)

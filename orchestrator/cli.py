@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, OrchestrateError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ImageMissing, OrchestrateError, PlanError
 
 if TYPE_CHECKING:
     from .runtime.docker import DockerRuntime
@@ -33,7 +33,7 @@ app.add_typer(images_app, name="images")
 audit_app = typer.Typer(help="Check a run's audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-_options = {"debug": False}
+_options = {"debug": False, "json": False}
 
 ManifestArgument = Annotated[
     Path, typer.Argument(help="The manifest file, such as configs/agents.example.yaml.", show_default=False)
@@ -44,10 +44,20 @@ RunsDirOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"orchestrate {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print warnings and errors only.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     _options["debug"] = debug
     level = logging.INFO
@@ -72,6 +82,9 @@ def _guarded(action: Callable[[], int]) -> NoReturn:
             raise
         typer.echo(f"orchestrate: error: {exc}", err=True)
         code = exc.exit_code
+        if _options["json"]:
+            # A pipeline that parses stdout still gets one JSON document.
+            typer.echo(json.dumps({"error": str(exc), "exit_code": code}, indent=2))
     except KeyboardInterrupt:
         typer.echo("orchestrate: interrupted", err=True)
         code = EXIT_INTERRUPTED
@@ -104,6 +117,8 @@ def run(
 ) -> None:
     """Start every agent of MANIFEST in its own hardened container and wait for all of them."""
 
+    _options["json"] = json_output
+
     def body() -> int:
         from .manifest import load_manifest
         from .render import result_text
@@ -112,7 +127,13 @@ def run(
         # The manifest is checked before Docker is touched, so a typo is exit 2 even without an engine.
         loaded = load_manifest(manifest)
         runtime = _runtime()
-        plan = plan_manifest(loaded, runtime, runs_root=runs_dir)
+        try:
+            plan = plan_manifest(loaded, runtime, runs_root=runs_dir)
+        except PlanError as exc:
+            # For `run`, a missing image is the machine's problem, not the manifest's: exit 4.
+            if all(problem.cause == "image-missing" for problem in exc.problems):
+                raise ImageMissing(str(exc)) from exc
+            raise
         result = execute(plan, runtime, grace=grace)
         if json_output:
             typer.echo(json.dumps(result.to_json(), indent=2))
@@ -130,6 +151,8 @@ def plan(
     json_output: JsonOption = False,
 ) -> None:
     """Show the exact container spec of every agent, and check it, without starting anything."""
+
+    _options["json"] = json_output
 
     def body() -> int:
         from .manifest import load_manifest
@@ -152,12 +175,9 @@ def schema() -> None:
     """Print the JSON Schema of the manifest."""
 
     def body() -> int:
-        from .manifest import Manifest
+        from .manifest import manifest_schema
 
-        document = Manifest.model_json_schema()
-        document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-        document["title"] = "orchestrate manifest, version 1"
-        typer.echo(json.dumps(document, indent=2))
+        typer.echo(json.dumps(manifest_schema(), indent=2))
         return 0
 
     _guarded(body)

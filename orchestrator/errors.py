@@ -44,6 +44,8 @@ class Problem:
     line: int | None
     field: str
     message: str
+    # Set for problems of the machine rather than of the file, such as "image-missing".
+    cause: str | None = None
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file

@@ -72,7 +72,9 @@ def build_all(
     offline = mode == "offline"
     for base in bases:
         if _has_image(client, base) and mode != "pull":
-            log.info("base image %s is present", base)
+            log.info("base image %s is present; building on it", base)
+            if mirror:
+                log.warning("--mirror is not used: the base image %s is already present", base)
         elif mode == "pull":
             _pull(client, base)
         else:

@@ -46,6 +46,26 @@ Duration = Annotated[
 ]
 
 
+# A Docker image reference: [registry[:port]/]path[:tag][@digest], lowercase path components.
+IMAGE_REFERENCE = re.compile(
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
+)
+
+
+def _check_image(value: object) -> object:
+    if isinstance(value, str) and not IMAGE_REFERENCE.fullmatch(value):
+        raise ValueError(
+            f"invalid image reference '{value}'; use lowercase repository names with an optional tag, "
+            "such as orchestrate/base:latest"
+        )
+    return value
+
+
+ImageReference = Annotated[str, BeforeValidator(_check_image)]
+
+
 def _check_env_name(value: object) -> object:
     if not isinstance(value, str) or not ENV_NAME.fullmatch(value):
         raise ValueError(
@@ -149,7 +169,7 @@ class LimitOverrides(Model):
 
 
 class Defaults(Model):
-    image: str = DEFAULT_IMAGE
+    image: ImageReference = DEFAULT_IMAGE
     resources: Resources = Resources()
     timeout: Duration = 30 * 60.0
     env: list[EnvName] = []
@@ -166,7 +186,7 @@ class Agent(Model):
     name: str
     profile: str = "custom"
     description: str | None = None
-    image: str | None = None
+    image: ImageReference | None = None
     command: Annotated[list[str], BeforeValidator(_split_command)] = Field(min_length=1)
     workdir: str = "/workspace/output"
     env: list[EnvName] = []
@@ -242,9 +262,26 @@ class Manifest(Model):
         if not DNS_LABEL.fullmatch(value):
             raise ValueError(
                 f"invalid manifest name '{value}'; use lowercase letters, digits and '-', "
-                "such as nightly-review"
+                "at most 63 characters, such as nightly-review"
             )
         return value
+
+
+def manifest_schema() -> dict[str, Any]:
+    """Return the manifest's JSON Schema, with the shorthand forms the loader also accepts."""
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "orchestrate manifest, version 1"
+    properties = schema["properties"]
+    agent = schema["$defs"]["Agent"]["properties"]
+
+    # Validators that run before type checks accept these forms, which pydantic cannot see.
+    properties["source"] = {"anyOf": [{"type": "string", "minLength": 1}, {"$ref": "#/$defs/Source"}]}
+    agent["command"] = {"anyOf": [{"type": "string", "minLength": 1}, agent["command"]]}
+    label = {"type": "string", "pattern": f"^{DNS_LABEL.pattern}$", "maxLength": 63}
+    properties["name"] = {**properties["name"], **label}
+    agent["name"] = {**agent["name"], **label}
+    return schema
 
 
 class LoadedManifest(BaseModel):
@@ -261,8 +298,8 @@ class LoadedManifest(BaseModel):
     def line_of(self, *field_path: str | int) -> int | None:
         return yamlsource.LocatedDocument(None, self.lines).line_of(field_path)
 
-    def problem(self, field_path: tuple[str | int, ...], message: str) -> Problem:
-        return Problem(str(self.path), self.line_of(*field_path), render_path(field_path), message)
+    def problem(self, field_path: tuple[str | int, ...], message: str, *, cause: str | None = None) -> Problem:
+        return Problem(str(self.path), self.line_of(*field_path), render_path(field_path), message, cause)
 
 
 def load_manifest(path: Path) -> LoadedManifest:

@@ -80,6 +80,9 @@ def _message(error: Any, path: tuple[str | int, ...], document: LocatedDocument)
         return f"has {context.get('actual_length')} entries; the limit is {context.get('max_length')}"
     if kind == "string_too_short":
         return "must not be empty"
+    if kind in _TYPE_NAMES and value is None:
+        # YAML reads `~`, `null` and an empty value as null, which surprises people writing `source: ~`.
+        return f"expected {_TYPE_NAMES[kind]}, got no value; YAML reads ~, null and an empty value as null, so quote it"
     if kind in _TYPE_NAMES:
         return f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}"
     return f"{error['msg']} (value {_describe(value)})"

@@ -152,6 +152,7 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
                 ("agents", index, "image") if agent.image else ("defaults", "image"),
                 f"image {image} is not on this machine; build it with `orchestrate images build`"
                 " or pull it with `docker pull`",
+                cause="image-missing",
             ))
 
         limits = _limits(manifest.defaults.resources, agent)

@@ -46,7 +46,7 @@ def _agent_lines(agent: AgentPlan) -> list[str]:
         f"  command   {shlex.join(spec.command)}",
         f"  user      {spec.user}, workdir {spec.workdir}",
         f"  env       {env}; set by orchestrate: {', '.join(sorted(spec.fixed_env))}",
-        f"  limits    {limits.cpus:g} CPUs, memory {format_size(limits.memory)}, "
+        f"  limits    {limits.cpus:g} CPU{'' if limits.cpus == 1 else 's'}, memory {format_size(limits.memory)}, "
         f"{limits.pids} processes, time {format_duration(agent.timeout)}",
         f"  security  network {security.network_mode}, capabilities dropped: {', '.join(security.cap_drop)}, "
         f"no-new-privileges, read-only root, seccomp {security.seccomp}, "

@@ -122,6 +122,8 @@ class AgentResult:
             self.state = "failed"
             if self.oom_killed:
                 self.message = f"killed for using more than its memory limit of {format_size(self.memory_limit)}"
+            else:
+                self.message = _last_output_line(self.log_path)
 
     def describe(self) -> str:
         parts = [f"exit {self.exit_code}" if self.exit_code is not None else "no exit code"]
@@ -151,6 +153,23 @@ class AgentResult:
         }
 
 
+def _last_output_line(log_path: Path) -> str | None:
+    """Return the agent's last line of output, shortened, to explain a failure in the summary."""
+    try:
+        with log_path.open("rb") as log:
+            log.seek(0, 2)
+            size = log.tell()
+            log.seek(max(0, size - 4096))
+            tail = log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = lines[-1]
+    return "last output: " + (last if len(last) <= 160 else last[:157] + "...")
+
+
 @dataclass
 class RunResult:
     run_id: str
@@ -171,7 +190,8 @@ class RunResult:
 
     def headline(self) -> str:
         succeeded = sum(agent.state == "succeeded" for agent in self.agents)
-        text = f"{succeeded} of {len(self.agents)} agents succeeded"
+        noun = "agent" if len(self.agents) == 1 else "agents"
+        text = f"{succeeded} of {len(self.agents)} {noun} succeeded"
         if self.interrupted_by:
             text += f"; interrupted by {self.interrupted_by}"
         return text

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 
+from .errors import InputError
 from .manifest import LoadedManifest
 from .plan import RunPlan, build_plan, new_run_id
 from .results import RunResult
@@ -19,6 +20,8 @@ def plan_manifest(
     loaded: LoadedManifest, runtime: Runtime, *, runs_root: Path, run_id: str | None = None
 ) -> RunPlan:
     """Resolve a loaded manifest against this machine; raise on any problem."""
+    if runs_root.exists() and not runs_root.is_dir():
+        raise InputError(f"--runs-dir {runs_root} is a file, not a folder; give a folder for the run folders")
     manifest = loaded.manifest
     images = sorted({agent.image or manifest.defaults.image for agent in manifest.agents})
     facts = runtime.host_facts(images, dict(os.environ))

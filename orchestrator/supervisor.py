@@ -71,7 +71,9 @@ class Supervisor:
         _write_json(self.plan.run_dir / "plan.json", self.plan.model_dump(mode="json"))
         self._log = AuditLog.create(self.plan.run_dir / "audit.jsonl", run_id=self.plan.run_id)
         self._audit_run_start()
-        log.info("run %s started with %d agents in %s", self.plan.run_id, len(self.plan.agents), self.plan.run_dir)
+        count = len(self.plan.agents)
+        log.info("run %s started with %d agent%s in %s", self.plan.run_id, count, "" if count == 1 else "s",
+                 self.plan.run_dir)
 
         async with anyio.create_task_group() as outer:
             if self.handle_signals:
@@ -216,7 +218,7 @@ class Supervisor:
             return True
         if problem.startswith("unverified"):
             # An agent that already exited has no cgroup left to read; that is no warning.
-            if inspect["State"].get("Running"):
+            if await self._still_running(container_id):
                 log.warning("agent %s: %s", agent.name, problem)
                 self._audit("warning", agent=agent.name, message=problem)
             return True
@@ -224,6 +226,13 @@ class Supervisor:
         self._audit("violation", agent=agent.name, violation="limit-not-enforced", detail=problem)
         await stop_container(self.runtime, self.workers, container_id, grace=0, force=self.force)
         return False
+
+    async def _still_running(self, container_id: str) -> bool:
+        try:
+            status = await self.workers.call(self.runtime.status, container_id)
+        except (RuntimeFailure, ContainerGone):
+            return False
+        return status.running
 
     async def _await_exit(self, agent: AgentPlan, result: AgentResult) -> None:
         container_id = self._containers[agent.name]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,8 +28,10 @@ from .cgroups import read_effective_limits
 log = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT = 60.0
-# Bounds what the engine stores per container, so a chatty agent cannot fill the disk.
-LOG_MAX_SIZE = "20m"
+# Bounds what the engine stores per container, so a chatty agent cannot fill the disk. Two files of
+# 64 MiB of JSON lines hold roughly 90 MiB of plain output, more than the 64 MiB copied after exit.
+# NOTE: an agent that prints more loses the start of its output to the engine's rotation.
+LOG_MAX_SIZE = "64m"
 LOG_MAX_FILES = "2"
 
 T = TypeVar("T")
@@ -53,9 +56,11 @@ def _translated(action: str) -> Iterator[None]:
     except requests.exceptions.Timeout as exc:
         raise RuntimeFailure(f"{action}: the request to the Docker engine timed out ({exc})") from exc
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        address = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        source = "from DOCKER_HOST" if os.environ.get("DOCKER_HOST") else "the default"
         raise DockerUnavailable(
-            f"{action}: cannot reach the Docker engine ({exc}); start it "
-            "(`sudo systemctl start docker` or `sudo dockerd &`) and check `docker info`"
+            f"{action}: cannot reach the Docker engine at {address} ({source}): {exc}; start the engine "
+            "(`sudo systemctl start docker` or `sudo dockerd &`), check `docker info`, or fix DOCKER_HOST"
         ) from exc
 
 
@@ -148,20 +153,9 @@ class DockerRuntime:
 
     def save_logs(self, container_id: str, path: Path, *, max_bytes: int) -> int:
         """Copy the container's output to `path`, at most `max_bytes`; return bytes written."""
-        written = 0
-        with _translated(f"read logs of container {container_id[:12]}"), path.open("wb") as sink:
+        with _translated(f"read logs of container {container_id[:12]}"):
             stream = self._api.logs(container_id, stdout=True, stderr=True, stream=True, follow=False)
-            try:
-                for chunk in stream:
-                    room = max_bytes - written
-                    sink.write(chunk[:room])
-                    written += min(len(chunk), room)
-                    if written >= max_bytes:
-                        sink.write(b"\n[orchestrate: output truncated at %d bytes]\n" % max_bytes)
-                        break
-            finally:
-                _close_stream(stream)
-        return written
+            return copy_log_stream(stream, path, max_bytes=max_bytes)
 
     def remove(self, container_id: str) -> None:
         try:
@@ -248,6 +242,28 @@ def _subordinate_start(user: str) -> int:
     except (OSError, ValueError) as exc:
         raise EnvironmentProblem(f"userns-remap is on but /etc/subuid cannot be read: {exc}") from exc
     raise EnvironmentProblem(f"userns-remap is on but /etc/subuid has no entry for {user}")
+
+
+def copy_log_stream(stream: Iterable[bytes], path: Path, *, max_bytes: int) -> int:
+    """Write a log stream to `path`, at most `max_bytes` of it, then close the stream; return bytes written."""
+    written = 0
+    flushed_at = time.monotonic()
+    try:
+        with path.open("wb", buffering=1 << 20) as sink:
+            for chunk in stream:
+                room = max_bytes - written
+                sink.write(chunk[:room])
+                written += min(len(chunk), room)
+                if written >= max_bytes:
+                    sink.write(b"\n[orchestrate: output truncated at %d bytes]\n" % max_bytes)
+                    break
+                # Flush about once a second, so the file follows a live agent without a write per chunk.
+                if time.monotonic() - flushed_at > 1.0:
+                    sink.flush()
+                    flushed_at = time.monotonic()
+    finally:
+        _close_stream(stream)
+    return written
 
 
 def _close_stream(stream: object) -> None:
