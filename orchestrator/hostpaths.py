@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +33,19 @@ CREDENTIAL_STORES = (
     ".pypirc",
     ".password-store",
     ".local/share/keyrings",
+    # Coding agents' own logins and browser profiles with session cookies.
+    ".claude",
+    ".claude.json",
+    ".codex",
+    ".config/github-copilot",
+    ".config/openai",
+    ".config/google-chrome",
+    ".config/chromium",
+    ".mozilla",
 )
+
+# Writing into these lets an agent's files run on the host later: programs, libraries, services.
+WRITE_PROTECTED = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/var", "/boot", "/srv")
 
 # System locations that expose the host (or its container engine) when mounted.
 SYSTEM_LOCATIONS = ("/etc", "/proc", "/sys", "/dev", "/boot", "/var/run", "/run", "/var/lib/docker")
@@ -108,9 +121,30 @@ def sensitive_reason(path: Path, homes: Iterable[Path]) -> str | None:
                 return f"is the credential store {credential}"
             if is_within(path, credential):
                 return f"lies inside the credential store {credential}"
+            if is_within(credential, path):
+                return f"contains the credential store {credential}"
 
     if path.name == ".env" or is_dotenv(path.name):
         return "is a .env file, which usually holds secrets"
+    return None
+
+
+def writable_reason(path: Path, homes: Iterable[Path]) -> str | None:
+    """Return why `path` (already resolved) must not be written by an agent or the publisher, or None."""
+    reason = sensitive_reason(path, homes)
+    if reason:
+        return reason
+    for location in WRITE_PROTECTED:
+        for candidate in {Path(location), Path(os.path.realpath(location))}:
+            if is_within(path, candidate):
+                return f"lies inside {candidate}, where written files can run on the host"
+    if ".git" in path.parts:
+        return "lies inside a .git folder, whose hooks and config run on the host"
+    for home in homes:
+        if home in path.parents:
+            top = path.relative_to(home).parts[0]
+            if top.startswith("."):
+                return f"lies inside {home / top}, a configuration folder whose files can run on the host"
     return None
 
 
@@ -138,6 +172,7 @@ def scan_source(root: Path, *, skip: Iterable[Path] = ()) -> Iterator[Finding]:
 
     pending = [root]
     visited = 0
+    root_device = root.stat().st_dev
     while pending:
         folder = pending.pop()
         try:
@@ -159,12 +194,18 @@ def scan_source(root: Path, *, skip: Iterable[Path] = ()) -> Iterator[Finding]:
             elif stat.S_ISREG(mode) and is_dotenv(entry.name):
                 yield Finding(entry_path, "is a .env file, which usually holds secrets")
             elif stat.S_ISDIR(mode):
+                # A folder on another device is a mount point, even one that mountinfo did not name.
+                if entry.stat(follow_symlinks=False).st_dev != root_device:
+                    if not any(is_within(entry_path, point) for point in mount_points):
+                        yield Finding(entry_path, "is a mount point inside the source; Docker 20.10 mounts nested "
+                                      "mounts writable even in a read-only bind")
+                    continue
                 pending.append(entry_path)
 
 
 def _mount_points_below(root: Path) -> list[Path]:
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        with open("/proc/self/mountinfo", "rb") as mountinfo:
             lines = mountinfo.readlines()
     except OSError:
         return []
@@ -173,8 +214,9 @@ def _mount_points_below(root: Path) -> list[Path]:
         fields = line.split()
         if len(fields) < 5:
             continue
-        # The mount point is field 5, with spaces and other bytes octal-escaped.
-        point = Path(fields[4].encode().decode("unicode_escape"))
+        # The mount point is field 5: raw bytes, with space, tab, newline and backslash octal-escaped.
+        raw = re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), fields[4])
+        point = Path(os.fsdecode(raw))
         if point != root and root in point.parents:
             points.append(point)
     return points

@@ -116,6 +116,22 @@ def _split_command(value: object) -> object:
     return value
 
 
+def _check_host_path(value: object) -> object:
+    if isinstance(value, str) and any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError(f"invalid path {value!r}; remove the control characters")
+    return value
+
+
+HostPath = Annotated[str, BeforeValidator(_check_host_path)]
+
+
+def _check_version(value: object) -> object:
+    # YAML's true and 1.0 compare equal to 1 in Python; only the integer 1 is version 1.
+    if type(value) is not int:
+        raise ValueError(f"invalid version {value!r}; write version: 1")
+    return value
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -123,7 +139,7 @@ class Model(BaseModel):
 class Resources(Model):
     """Limits of one container; `tmp` and `home` size the tmpfs at /tmp and $HOME."""
 
-    cpus: float = Field(default=1.0, gt=0, le=1024)
+    cpus: float = Field(default=1.0, ge=0.01, le=1024)
     memory: Size = 1024**3
     pids: int = Field(default=256, ge=8, le=1_000_000)
     tmp: Size = 256 * 1024**2
@@ -140,7 +156,7 @@ class Resources(Model):
 class ResourceOverrides(Model):
     """Per-agent limits; unset fields fall back to `defaults.resources`."""
 
-    cpus: float | None = Field(default=None, gt=0, le=1024)
+    cpus: float | None = Field(default=None, ge=0.01, le=1024)
     memory: Size | None = None
     pids: int | None = Field(default=None, ge=8, le=1_000_000)
     tmp: Size | None = None
@@ -178,7 +194,7 @@ class Defaults(Model):
 class Source(Model):
     """The host folder every agent reads, mounted read-only at /workspace/src."""
 
-    path: str = Field(min_length=1)
+    path: HostPath = Field(min_length=1)
     mode: Literal["read-only"] = "read-only"
 
 
@@ -194,7 +210,7 @@ class Agent(Model):
     timeout: Duration | None = None
     writes: list[ClaimGlob] = []
     limits: LimitOverrides = LimitOverrides()
-    workspace: str | None = Field(default=None, min_length=1)
+    workspace: HostPath | None = Field(default=None, min_length=1)
 
     @field_validator("name")
     @classmethod
@@ -246,11 +262,11 @@ def _source_from_text(value: object) -> object:
 
 
 class Manifest(Model):
-    version: Literal[1]
+    version: Annotated[Literal[1], BeforeValidator(_check_version)]
     name: str
     description: str | None = None
     source: Annotated[Source, BeforeValidator(_source_from_text)]
-    output: str = Field(default="./generated", min_length=1)
+    output: HostPath = Field(default="./generated", min_length=1)
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
     agents: list[Agent] = Field(min_length=1, max_length=500)

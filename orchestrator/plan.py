@@ -38,6 +38,8 @@ class HostFacts:
     gid: int
     cpu_count: int
     images: dict[str, str | None] = field(default_factory=dict)
+    # VOLUME paths each image declares; Docker backs each with a writable volume of unlimited size.
+    image_volumes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Host UID that container UID 0 maps to under userns-remap; 0 without remapping.
     userns_offset: int = 0
     environment: dict[str, str] = field(default_factory=dict)
@@ -153,6 +155,13 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
                 f"image {image} is not on this machine; build it with `orchestrate images build`"
                 " or pull it with `docker pull`",
                 cause="image-missing",
+            ))
+
+        for volume in facts.image_volumes.get(image, ()):
+            problems.append(loaded.problem(
+                ("agents", index, "image") if agent.image else ("defaults", "image"),
+                f"image {image} declares VOLUME {volume}, which Docker would back with a writable volume of "
+                "unlimited size outside the sandbox's limits; rebuild the image without VOLUME",
             ))
 
         limits = _limits(manifest.defaults.resources, agent)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .claims import find_overlaps
 from .errors import Problem
-from .hostpaths import home_directories, is_within, scan_source, sensitive_reason
+from .hostpaths import home_directories, is_within, scan_source, sensitive_reason, writable_reason
 from .layout import STATE_FOLDER
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
     source_reason = sensitive_reason(source, homes)
     for field_path, written, path, reason in (
         (("source",), manifest.source.path, source, source_reason),
-        (("output",), manifest.output, output, sensitive_reason(output, homes)),
+        (("output",), manifest.output, output, writable_reason(output, homes)),
     ):
         if reason:
             reject(field_path, f"{_shown(written, path)} {reason}; choose a project folder instead")
@@ -60,7 +60,7 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
         reject(("source",), f"{_shown(manifest.source.path, source)} is not a folder; "
                "give the folder agents should read")
 
-    reason = sensitive_reason(runs, homes)
+    reason = writable_reason(runs, homes)
     if reason:
         reject(("source",), f"the runs folder {runs} {reason}; pass --runs-dir with a project folder")
 
@@ -72,14 +72,17 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
         workspace = resolve(loaded.base_dir, agent.workspace)
         workspaces[agent.name] = workspace
         workspace_field: tuple[str | int, ...] = ("agents", index, "workspace")
-        reason = sensitive_reason(workspace, homes)
+        reason = writable_reason(workspace, homes)
         if reason:
             reject(workspace_field, f"{_shown(agent.workspace, workspace)} {reason}; choose a project folder instead")
         if is_within(runs, workspace) or is_within(workspace, runs):
             # The run folder holds logs and results that orchestrate writes as the invoking user.
             reject(workspace_field, f"{workspace} overlaps the runs folder {runs}; use a folder outside it")
-        elif workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
-            reject(workspace_field, f"{workspace} exists and is not an empty folder; empty it or remove the field")
+        elif workspace.exists() or workspace.is_symlink():
+            # A fresh folder is made, and owned, by this run alone: no two runs share it and no
+            # folder that existed before (a system folder, another run's workspace) changes owner.
+            reject(workspace_field, f"{workspace} already exists; remove it or name a new folder, "
+                   "which the run creates")
 
     problems.extend(_overlap_problems(loaded, workspaces, source=source, output=output))
 

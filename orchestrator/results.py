@@ -37,6 +37,7 @@ class AgentResult:
     interrupted: bool = False
     effective_pids: int | None = None
     effective_memory: int | None = None
+    effective_cpus: float | None = None
     stop_seconds: float | None = None
     published: int = 0
     publish_findings: list[dict[str, str]] = field(default_factory=list)
@@ -56,7 +57,7 @@ class AgentResult:
     def fail(self, state: str, message: str) -> None:
         """Record the first failure; later ones are consequences of it."""
         if self._failure is None:
-            self._failure = (state, message)
+            self._failure = (state, printable(message))
 
     def mark_started(self) -> None:
         self._started = time.monotonic()
@@ -83,11 +84,12 @@ class AgentResult:
 
     def may_publish(self) -> bool:
         """Return whether the workspace should be published: only after a clean, successful exit."""
-        return self._failure is None and not self.interrupted and not self.timed_out and self.exit_code == 0
+        clean = self._failure is None and not self.interrupted and not self.timed_out and not self.oom_killed
+        return clean and self.exit_code == 0
 
     def record_publish(self, report: PublishReport) -> None:
         self.published = sum(item.action != "unchanged" for item in report.published)
-        self.publish_findings = [finding.to_json() for finding in report.findings]
+        self.publish_findings = [finding.to_json() for finding in report.findings[:1000]]
         if report.findings:
             first = report.findings[0]
             count = len(report.findings)
@@ -114,6 +116,11 @@ class AgentResult:
             self.state, self.message = "interrupted", "stopped because the run was interrupted"
         elif self.timed_out:
             self.state, self.message = "timed-out", "killed after its time limit"
+        elif self.exit_code == 0 and self.oom_killed:
+            # A process of the agent was killed for memory even though the main one exited 0.
+            self.state = "failed"
+            limit = format_size(self.memory_limit)
+            self.message = f"a process was killed for using more than the memory limit of {limit}"
         elif self.exit_code == 0:
             self.state = "succeeded"
         elif self.exit_code is None:
@@ -148,7 +155,11 @@ class AgentResult:
             "message": self.message,
             "workspace": str(self.workspace),
             "log": str(self.log_path),
-            "effective_limits": {"pids": self.effective_pids, "memory": self.effective_memory},
+            "effective_limits": {
+                "pids": self.effective_pids,
+                "memory": self.effective_memory,
+                "cpus": self.effective_cpus,
+            },
             "stop_seconds": None if self.stop_seconds is None else round(self.stop_seconds, 3),
         }
 
@@ -166,8 +177,15 @@ def _last_output_line(log_path: Path) -> str | None:
     lines = [line.strip() for line in tail.splitlines() if line.strip()]
     if not lines:
         return None
-    last = lines[-1]
+    last = printable(lines[-1])
     return "last output: " + (last if len(last) <= 160 else last[:157] + "...")
+
+
+def printable(text: str) -> str:
+    """Escape control characters, so names an agent chose cannot rewrite the terminal's summary."""
+    if all(32 <= ord(char) != 127 for char in text):
+        return text
+    return "".join(char if 32 <= ord(char) != 127 else f"\\x{ord(char):02x}" for char in text)
 
 
 @dataclass
@@ -179,6 +197,8 @@ class RunResult:
     seconds: float
     # The hash of the audit log's last record, kept outside the log so a rewritten log can be told.
     audit_head: str | None = None
+    # Why the audit log stopped early, when it could not be written.
+    audit_problem: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -204,5 +224,6 @@ class RunResult:
             "interrupted_by": self.interrupted_by,
             "seconds": round(self.seconds, 3),
             "audit_head": self.audit_head,
+            "audit_problem": self.audit_problem,
             "agents": [agent.to_json() for agent in self.agents],
         }

@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -60,10 +61,18 @@ class Supervisor:
         self._containers: dict[str, str] = {}
         self._agents_scope: anyio.CancelScope | None = None
         self._log: AuditLog | None = None
+        self._audit_failed: str | None = None
 
     def _audit(self, kind: str, **fields: object) -> None:
-        if self._log is not None:
+        if self._log is None:
+            return
+        try:
             self._log.append(kind, **fields)
+        except (OSError, ValueError) as exc:
+            # A full disk must not stop the shutdown; the log stops here and says so in the summary.
+            log.error("the audit log %s could not be written (%s); it ends here", self._log.path, exc)
+            self._audit_failed = str(exc)
+            self._log = None
 
     async def run(self) -> RunResult:
         started = time.monotonic()
@@ -98,7 +107,11 @@ class Supervisor:
         if self._log is not None:
             result.audit_head = self._log.last_hash
             self._log.close()
-        _write_json(self.plan.run_dir / "result.json", result.to_json())
+        result.audit_problem = self._audit_failed
+        try:
+            _write_json(self.plan.run_dir / "result.json", result.to_json())
+        except OSError as exc:
+            log.error("the result could not be written to %s: %s", self.plan.run_dir / "result.json", exc)
         log.info("run %s ended in %.2f s: %s", self.plan.run_id, result.seconds, result.headline())
         return result
 
@@ -134,8 +147,11 @@ class Supervisor:
                     group.start_soon(self._supervise, agent)
 
     async def _watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        # SIGHUP too: closing the terminal must stop the agents, not orphan them.
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        # Every signal whose default action ends the process is caught, so none of them orphans the agents:
+        # SIGHUP comes from a closed terminal or SSH session, the others from scripts and supervisors.
+        stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                    signal.SIGALRM)
+        with anyio.open_signal_receiver(*stopping) as signals:
             task_status.started()
             async for received in signals:
                 name = signal.Signals(received).name
@@ -212,8 +228,9 @@ class Supervisor:
                     security=security_summary(inspect))
         result.effective_pids = limits.pids
         result.effective_memory = limits.memory
+        result.effective_cpus = limits.cpus
 
-        problem = limit_problem(agent, limits.pids, limits.memory)
+        problem = limit_problem(agent, limits.pids, limits.memory, limits.cpus)
         if problem is None:
             return True
         if problem.startswith("unverified"):
@@ -271,12 +288,21 @@ class Supervisor:
 
             result.record_exit(status.exit_code, status.oom_killed)
             inspect = await self.workers.stop_call(self.runtime.inspect, container_id)
-            _write_json(agent.log_path.with_suffix(".inspect.json"), inspect)
+            _write_json(agent.log_path.with_suffix(".inspect.json"), redact_environment(inspect))
             await self.workers.stop_call(_save_logs, self.runtime, container_id, agent.log_path)
         except ContainerGone as exc:
             result.fail("evidence-missing", f"the container disappeared before its evidence was saved ({exc})")
         except (RuntimeFailure, DockerUnavailable) as exc:
             result.fail("evidence-missing", f"evidence could not be saved: {exc}")
+        except OSError as exc:
+            # The engine still holds the evidence, so the stopped container is kept rather than removed.
+            result.fail(
+                "evidence-missing",
+                f"evidence could not be written to {self.plan.run_dir} ({exc.strerror}); the stopped container "
+                f"{container_id[:12]} is kept: inspect it, then remove it with "
+                f"`orchestrate cleanup {self.plan.run_id}`",
+            )
+            return
         else:
             await self.workers.stop_call(self.runtime.remove, container_id)
             self._containers.pop(agent.name, None)
@@ -292,7 +318,7 @@ class Supervisor:
         publish = result.may_publish()
         try:
             report = await self.workers.stop_call(self._publish_in_thread, agent, publish)
-        except PublishError as exc:
+        except (PublishError, OSError) as exc:
             log.error("agent %s: publishing failed: %s", agent.name, exc)
             self._audit("violation", agent=agent.name, violation="publish-failed", detail=str(exc))
             result.fail("error", f"publishing failed: {exc}")
@@ -351,7 +377,7 @@ def publish_request(plan: RunPlan, agent: AgentPlan) -> PublishRequest:
     )
 
 
-def limit_problem(agent: AgentPlan, pids: int | None, memory: int | None) -> str | None:
+def limit_problem(agent: AgentPlan, pids: int | None, memory: int | None, cpus: float | None = None) -> str | None:
     """Compare the limits read from the cgroup with the planned ones; None when they match."""
     planned = agent.container.limits
     if pids is None or memory is None:
@@ -363,6 +389,9 @@ def limit_problem(agent: AgentPlan, pids: int | None, memory: int | None) -> str
     if memory == 0 or memory > planned.memory or memory < planned.memory - 64 * 1024:
         shown = "no limit" if memory == 0 else str(memory)
         return f"memory limit not in force: planned {planned.memory}, cgroup has {shown}"
+    if cpus is not None and (cpus == 0 or abs(cpus - planned.cpus) > 0.01):
+        shown = "no limit" if cpus == 0 else f"{cpus:g}"
+        return f"CPU limit not in force: planned {planned.cpus:g}, cgroup has {shown}"
     return None
 
 
@@ -370,6 +399,13 @@ def _is_dropped_limit(warning: str) -> bool:
     # A missing swap limit leaves the memory limit in force, so that warning alone is accepted.
     text = warning.lower()
     return "discarded" in text or ("not support" in text and "swap" not in text)
+
+
+def redact_environment(inspect: dict[str, Any]) -> dict[str, Any]:
+    """Return inspect data with the values of environment variables replaced: they may be secrets."""
+    config = dict(inspect.get("Config") or {})
+    config["Env"] = [f"{item.partition('=')[0]}=<redacted>" for item in config.get("Env") or []]
+    return {**inspect, "Config": config}
 
 
 def _save_logs(runtime: Runtime, container_id: str, path: Path) -> None:

@@ -7,9 +7,11 @@ cannot write it, or the agent's files end up unreadable for the orchestrator.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,12 @@ from .errors import EnvironmentProblem
 from .layout import STATE_FOLDER
 from .plan import AgentPlan, RunPlan
 from .publish.locks import make_shared_folder
+from .results import printable
+
+log = logging.getLogger(__name__)
+
+# Bounds the findings kept per agent, so a workspace of 200,000 hidden files cannot bloat result.json.
+MAX_FINDINGS = 1000
 
 
 @dataclass
@@ -56,6 +64,10 @@ def _prepare_workspace(agent: AgentPlan) -> None:
 def scan(root: Path) -> WorkspaceScan:
     """Count regular files and bytes under `root` without following links; record what hides."""
     result = WorkspaceScan()
+    try:
+        _account(str(root), root.lstat(), root, result, [])
+    except OSError as exc:
+        result.findings.append(f".: cannot be inspected ({exc.strerror})")
     pending = [root]
     while pending:
         folder = pending.pop()
@@ -72,6 +84,9 @@ def scan(root: Path) -> WorkspaceScan:
                 continue
             _account(entry.path, info, root, result, pending)
     result.findings.sort()
+    if len(result.findings) > MAX_FINDINGS:
+        dropped = len(result.findings) - MAX_FINDINGS
+        result.findings = result.findings[:MAX_FINDINGS] + [f"... and {dropped} more entries like these"]
     return result
 
 
@@ -91,7 +106,7 @@ def _account(path: str, info: os.stat_result, root: Path, result: WorkspaceScan,
 
 def _relative(path: str | Path, root: Path) -> str:
     relative = os.path.relpath(path, root)
-    return "." if relative == "." else relative
+    return printable("." if relative == "." else relative)
 
 
 def remove_tree(root: Path) -> None:
@@ -112,6 +127,18 @@ def remove_tree(root: Path) -> None:
         else:
             os.unlink(path)
 
-    if root.exists() or root.is_symlink():
+    if not (root.exists() or root.is_symlink()):
+        return
+    try:
         # onerror, not onexc: onexc needs Python 3.12.
         shutil.rmtree(root, onerror=restore_and_retry)
+    except (RecursionError, OSError) as exc:
+        # A tree thousands of folders deep overflows Python's recursion and PATH_MAX;
+        # GNU chmod and rm walk it with directory descriptors instead.
+        log.info("removing %s with rm, after %s", root, exc)
+        subprocess.run(["chmod", "-R", "u+rwx", "--", str(root)], check=False, capture_output=True)
+        completed = subprocess.run(
+            ["rm", "-rf", "--one-file-system", "--", str(root)], check=False, capture_output=True, text=True
+        )
+        if completed.returncode != 0:
+            raise EnvironmentProblem(f"cannot remove {root}: {completed.stderr.strip()}") from exc

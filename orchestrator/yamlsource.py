@@ -21,6 +21,11 @@ Path = tuple[str | int, ...]
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_NODES = 100_000
+MAX_DEPTH = 64
+_DEFAULT_TAGS: dict[type[yaml.Node], str] = {
+    yaml.MappingNode: "tag:yaml.org,2002:map",
+    yaml.SequenceNode: "tag:yaml.org,2002:seq",
+}
 
 
 class YamlProblem(Exception):
@@ -57,7 +62,11 @@ def load(text: str) -> LocatedDocument:
     except yaml.composer.ComposerError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else None
-        raise YamlProblem(line, "the file holds more than one YAML document; keep only the first") from exc
+        if "expected a single document" in str(exc.context):
+            raise YamlProblem(line, "the file holds more than one YAML document; keep only the first") from exc
+        raise YamlProblem(line, f"invalid YAML: {exc.problem}") from exc
+    except RecursionError as exc:
+        raise YamlProblem(None, f"the document is nested more than {MAX_DEPTH} levels deep; flatten it") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -90,6 +99,12 @@ class _Walker:
                 "write the manifest without deeply nested aliases",
             )
         self._document.lines.setdefault(path, node.start_mark.line + 1)
+        if len(path) > MAX_DEPTH:
+            raise YamlProblem(node.start_mark.line + 1, f"the document is nested more than {MAX_DEPTH} levels deep")
+        default_tag = _DEFAULT_TAGS.get(type(node))
+        if default_tag is not None and node.tag != default_tag:
+            shown_tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise YamlProblem(node.start_mark.line + 1, f"unsupported tag '{shown_tag}'; remove the tag")
 
         if isinstance(node, yaml.MappingNode):
             return self._build_mapping(node, path)
@@ -124,3 +139,7 @@ class _Walker:
             raise YamlProblem(node.start_mark.line + 1, message) from exc
         except yaml.YAMLError as exc:
             raise YamlProblem(node.start_mark.line + 1, f"invalid value: {exc}") from exc
+        except (ValueError, OverflowError) as exc:
+            # A date such as 2024-13-45, or an integer too long to convert.
+            shown = str(node.value)[:40]
+            raise YamlProblem(node.start_mark.line + 1, f"invalid value {shown!r}: {exc}; quote it") from exc

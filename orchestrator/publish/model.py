@@ -16,6 +16,9 @@ UNREADABLE = "unreadable"
 WRITE_CONFLICT = "write-conflict"
 
 
+MAX_LISTED = 1000
+
+
 @dataclass(frozen=True)
 class PublishLimits:
     max_file_size: int
@@ -64,10 +67,12 @@ class PublishReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
+        # The counts are exact; the lists are cut, so 200,000 planted files cannot bloat the report.
         return {
             "agent": self.agent,
             "published": len(self.published),
-            "findings": [finding.to_json() for finding in self.findings],
-            "notices": self.notices,
+            "finding_count": len(self.findings),
+            "findings": [finding.to_json() for finding in self.findings[:MAX_LISTED]],
+            "notices": self.notices[:MAX_LISTED],
             "seconds": round(self.seconds, 3),
         }

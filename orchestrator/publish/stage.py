@@ -278,4 +278,6 @@ def _special_kind(mode: int) -> str:
 
 
 def _printable(text: str) -> str:
-    return text.encode("utf-8", errors="backslashreplace").decode("ascii", errors="backslashreplace")
+    """Escape control characters and undecodable bytes, so a finding cannot rewrite the terminal."""
+    escaped = "".join(char if 32 <= ord(char) != 127 else f"\\x{ord(char):02x}" for char in text)
+    return escaped.encode("utf-8", errors="backslashreplace").decode("utf-8")

@@ -33,6 +33,8 @@ class EffectiveLimits:
 
     pids: int | None
     memory: int | None
+    # CPUs the CFS quota allows (quota / period); 0 without a quota.
+    cpus: float | None = None
 
 
 class Runtime(Protocol):

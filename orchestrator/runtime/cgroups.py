@@ -38,6 +38,7 @@ def read_effective_limits(pid: int, *, cgroup_root: Path = CGROUP_ROOT, proc: Pa
             return EffectiveLimits(
                 pids=_read_limit(unified / "pids.max"),
                 memory=_read_limit(unified / "memory.max"),
+                cpus=_read_v2_cpus(unified / "cpu.max"),
             )
     pids = (
         _read_limit(cgroup_root / "pids" / paths["pids"].lstrip("/") / "pids.max")
@@ -49,7 +50,37 @@ def read_effective_limits(pid: int, *, cgroup_root: Path = CGROUP_ROOT, proc: Pa
         if "memory" in paths
         else None
     )
-    return EffectiveLimits(pids=pids, memory=memory)
+    cpu_path = paths.get("cpu") or paths.get("cpuacct")
+    cpus = _read_v1_cpus(cgroup_root / "cpu" / cpu_path.lstrip("/")) if cpu_path is not None else None
+    return EffectiveLimits(pids=pids, memory=memory, cpus=cpus)
+
+
+def _read_v1_cpus(folder: Path) -> float | None:
+    quota = _read_number(folder / "cpu.cfs_quota_us")
+    period = _read_number(folder / "cpu.cfs_period_us")
+    if quota is None or period is None or period <= 0:
+        return None
+    return 0.0 if quota < 0 else quota / period
+
+
+def _read_v2_cpus(path: Path) -> float | None:
+    try:
+        quota, period = path.read_text(encoding="utf-8").split()
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return 0.0
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _read_number(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
 
 
 def parse_membership(text: str) -> dict[str, str]:

@@ -83,20 +83,27 @@ class DockerRuntime:
     def host_facts(self, images: list[str], environment: dict[str, str]) -> HostFacts:
         with _translated("read engine info"):
             info = self._api.info()
-        found = {image: self.image_id(image) for image in images}
+        found: dict[str, str | None] = {}
+        volumes: dict[str, tuple[str, ...]] = {}
+        for image in images:
+            details = self._image_details(image)
+            found[image] = None if details is None else str(details["Id"])
+            if details is not None:
+                volumes[image] = tuple(sorted((details.get("Config") or {}).get("Volumes") or {}))
         return HostFacts(
             uid=os.getuid(),
             gid=os.getgid(),
             cpu_count=int(info.get("NCPU") or os.cpu_count() or 1),
             images=found,
+            image_volumes=volumes,
             userns_offset=_userns_offset(info),
             environment=environment,
         )
 
-    def image_id(self, image: str) -> str | None:
+    def _image_details(self, image: str) -> dict[str, Any] | None:
         try:
             with _translated(f"inspect image {image}"):
-                return str(self._api.inspect_image(image)["Id"])  # type: ignore[no-untyped-call]
+                return dict(self._api.inspect_image(image))  # type: ignore[no-untyped-call]
         except ContainerGone:
             return None
 

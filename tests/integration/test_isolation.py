@@ -193,3 +193,4 @@ def test_effective_limits_recorded(probe_run: dict[str, Any]) -> None:
     probe = next(item for item in probe_run["result"]["agents"] if item["name"] == "probe")
     assert probe["effective_limits"]["pids"] == 96
     assert probe["effective_limits"]["memory"] == 1024**3
+    assert probe["effective_limits"]["cpus"] == 1.0

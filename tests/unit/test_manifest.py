@@ -184,12 +184,12 @@ BAD_MANIFESTS = [
     ),
     pytest.param(
         VALID + "    resources:\n      cpus: 0  #<\n",
-        "agents[0].resources.cpus: invalid value 0; use a number more than 0",
+        "agents[0].resources.cpus: invalid value 0; use a number at least 0.01",
         id="zero-cpus",
     ),
     pytest.param(
         VALID + "    resources:\n      cpus: -1.5  #<\n",
-        "agents[0].resources.cpus: invalid value -1.5; use a number more than 0",
+        "agents[0].resources.cpus: invalid value -1.5; use a number at least 0.01",
         id="negative-cpus",
     ),
     pytest.param(
@@ -637,3 +637,40 @@ def test_format_duration_round_trips(seconds: float) -> None:
 def test_parse_duration_rejects_non_finite(value: float) -> None:
     with pytest.raises(ValueError):
         parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: 2024-13-45\n", "invalid value '2024-13-45'"),
+        ("a: " + "9" * 5000 + "\n", "integer string conversion"),
+        ("a: " + "[" * 900 + "]" * 900 + "\n", "nested more than 64 levels"),
+        ("a: &x [*x]\n", "nested more than 64 levels"),
+        ("a: *nope\n", "undefined alias 'nope'"),
+        ("a: !!python/object/apply:os.system {b: 1}\n", "unsupported tag '!!python/object/apply:os.system'"),
+    ],
+)
+def test_hostile_yaml_rejected_cleanly(text: str, expected: str) -> None:
+    from orchestrator import yamlsource
+
+    with pytest.raises(yamlsource.YamlProblem) as caught:
+        yamlsource.load(text)
+
+    assert expected in caught.value.message
+
+
+@pytest.mark.parametrize("value", ["true", "1.0", "'1'"])
+def test_version_must_be_integer_one(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, VALID.replace("version: 1", f"version: {value}"))
+
+    problems = load_problems(path)
+
+    assert any("version: invalid version" in problem for problem in problems), problems
+
+
+def test_control_character_in_path_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace("source: ./src", 'source: "./s\\x00rc"'))
+
+    problems = load_problems(path)
+
+    assert any("invalid path" in problem for problem in problems), problems

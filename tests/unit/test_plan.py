@@ -217,16 +217,55 @@ def test_non_empty_workspace_rejected(plan_for: PlanFor, source_dir: Path, tmp_p
 
     error = plan_error(plan_for, data)
 
-    assert reported(error, "agents[0].workspace", tmp_path / "ws", "not an empty folder"), str(error)
+    assert reported(error, "agents[0].workspace", tmp_path / "ws", "already exists"), str(error)
 
 
-def test_empty_custom_workspace_accepted(plan_for: PlanFor, source_dir: Path, tmp_path: Path) -> None:
+def test_existing_empty_workspace_rejected(plan_for: PlanFor, source_dir: Path, tmp_path: Path) -> None:
+    # An existing folder could be a system folder or another run's workspace; the run makes its own.
     (tmp_path / "ws").mkdir()
+    data = manifest_data(source_dir, agents=[agent("reader", workspace="ws")])
+
+    error = plan_error(plan_for, data)
+
+    assert reported(error, "agents[0].workspace", tmp_path / "ws", "already exists"), str(error)
+
+
+def test_absent_custom_workspace_accepted(plan_for: PlanFor, source_dir: Path, tmp_path: Path) -> None:
     data = manifest_data(source_dir, agents=[agent("reader", workspace="ws")])
 
     plan = plan_for(data)
 
     assert plan.agents[0].workspace == tmp_path / "ws"
+
+
+@pytest.mark.parametrize(
+    ("written", "reason"),
+    [
+        ("/usr/local/sbin/agent", "where written files can run on the host"),
+        ("/var/tmp/agent", "where written files can run on the host"),
+        ("project/.git/hooks2", "inside a .git folder"),
+    ],
+)
+def test_workspace_in_code_location_rejected(
+    plan_for: PlanFor, source_dir: Path, tmp_path: Path, written: str, reason: str
+) -> None:
+    target = written if written.startswith("/") else str(tmp_path / written)
+    data = manifest_data(source_dir, agents=[agent("reader", workspace=target)])
+
+    error = plan_error(plan_for, data)
+
+    assert "agents[0].workspace" in str(error)
+    assert reason in str(error)
+
+
+def test_source_containing_credential_store_rejected(plan_for: PlanFor, fake_home: Path) -> None:
+    config = fake_home / ".config"
+    (config / "gh").mkdir(parents=True)
+    (config / "github-copilot").mkdir()
+
+    error = plan_error(plan_for, manifest_data(config))
+
+    assert "contains the credential store" in str(error)
 
 
 @pytest.mark.parametrize("place", ["runs-inside-workspace", "workspace-is-run-folder"])
