@@ -25,21 +25,21 @@ import shutil
 import stat
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..claims import Claim
 from ..layout import STATE_FOLDER
 from .fsops import (
     UnsafePath,
-    directory_chain,
+    open_child_directory,
     open_directory,
     read_regular_file,
     sync_filesystem,
     write_new_file,
 )
 from .ledger import Ledger
-from .locks import DEFAULT_LOCK_TIMEOUT, LockRoom, PublishError, make_shared_folder
+from .locks import DEFAULT_LOCK_TIMEOUT, LockDenied, LockRoom, PublishError, denied_message, make_shared_folder
 from .model import WRITE_CONFLICT, Finding, Published, PublishLimits, PublishReport, SharedMode, Staged
 from .stage import stage_workspace
 
@@ -94,17 +94,20 @@ def publish_agent(request: PublishRequest) -> PublishReport:
     """Publish every file of one agent's workspace; return what was published and every finding."""
     started = time.monotonic()
     report = PublishReport(agent=request.agent)
-    request.output.mkdir(parents=True, exist_ok=True)
     state = state_folder(request.output)
-    room = LockRoom(state, run_id=request.run_id, timeout=request.lock_timeout)
-    room.register([request.agent])
     staging = state / "staging" / f"{request.run_id}-{request.agent}-{os.getpid()}-{secrets.token_hex(4)}"
-    make_shared_folder(staging.parent)
-    staging.mkdir(mode=0o700)
-
-    ledger = Ledger(state, room)
-    ledger.open()
-    staging_fd = open_directory(staging)
+    try:
+        request.output.mkdir(parents=True, exist_ok=True)
+        room = LockRoom(state, run_id=request.run_id, timeout=request.lock_timeout)
+        room.register([request.agent])
+        make_shared_folder(staging.parent)
+        staging.mkdir(mode=0o700)
+        ledger = Ledger(state, room)
+        ledger.open()
+        staging_fd = open_directory(staging)
+    except PermissionError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise LockDenied(denied_message(Path(exc.filename or state), "write")) from exc
     try:
         staged, findings, notices = stage_workspace(
             request.workspace,
@@ -118,11 +121,12 @@ def publish_agent(request: PublishRequest) -> PublishReport:
         sync_filesystem(staging_fd)
 
         output_fd = open_directory(request.output)
+        committer = _Committer(request, room, ledger, staging_fd, output_fd, report)
         try:
-            committer = _Committer(request, room, ledger, staging_fd, output_fd, report)
             for item in staged:
                 committer.commit(item)
         finally:
+            committer.close()
             os.close(output_fd)
     except OSError as exc:
         raise PublishError(
@@ -146,15 +150,34 @@ class _Committer:
     staging_fd: int
     output_fd: int
     report: PublishReport
+    # Output folders opened during this publish, by their path components; () is the output tree.
+    folders: dict[tuple[str, ...], int] = field(default_factory=dict)
 
     def commit(self, item: Staged) -> None:
         with self.room.hold(item.path):
             self.ledger.refresh()
             try:
-                with directory_chain(self.output_fd, item.parts[:-1], create=True) as folder_fd:
-                    self._commit_in(item, folder_fd)
+                folder_fd = self._folder(item.parts[:-1])
             except UnsafePath as exc:
                 self._conflict(item, f"the output tree has a symlink or file where a folder belongs ({exc})")
+                return
+            self._commit_in(item, folder_fd)
+
+    def _folder(self, parts: tuple[str, ...]) -> int:
+        """Open (creating) the output folder `parts`, one component at a time, reusing open folders."""
+        fd = self.folders.get(parts)
+        if fd is not None:
+            return fd
+        parent = self.output_fd if not parts[:-1] else self._folder(parts[:-1])
+        fd = self.output_fd if not parts else open_child_directory(parent, parts[-1], create=True)
+        self.folders[parts] = fd
+        return fd
+
+    def close(self) -> None:
+        for parts, fd in self.folders.items():
+            if parts:
+                os.close(fd)
+        self.folders.clear()
 
     def _commit_in(self, item: Staged, folder_fd: int) -> None:
         name = item.parts[-1]
@@ -171,9 +194,15 @@ class _Committer:
             return
 
         owner = self.ledger.owner_of(item.path)
-        if existing is not None and owner != self.request.owner:
-            holder = owner or "someone outside orchestrate (the file is not in the ledger)"
-            self._conflict(item, f"the path belongs to {holder}")
+        # Ownership outlives the file: deleting an owner's file does not hand its path to another agent.
+        if owner is not None and owner != self.request.owner:
+            self._conflict(item, f"the path belongs to {owner}")
+            return
+        if owner is None and self.ledger.has_any_contribution(item.path):
+            self._conflict(item, "the path is an append path of other agents, not an exclusive one")
+            return
+        if existing is not None and owner is None:
+            self._conflict(item, "the file exists but orchestrate never published it (it is not in the ledger)")
             return
         if existing is not None and self._same_content(folder_fd, name, item):
             os.unlink(item.staged_name, dir_fd=self.staging_fd)
@@ -185,6 +214,10 @@ class _Committer:
         self._record(item, action)
 
     def _append(self, item: Staged, folder_fd: int, name: str, existing: os.stat_result | None) -> None:
+        owner = self.ledger.owner_of(item.path)
+        if owner is not None:
+            self._conflict(item, f"the path is an exclusive path of {owner}, not an append path")
+            return
         if self.ledger.has_contribution(item.path, owner=self.request.owner, sha256=item.sha256):
             os.unlink(item.staged_name, dir_fd=self.staging_fd)
             self.report.published.append(Published(item.path, "unchanged", item.sha256, item.size))
@@ -198,12 +231,16 @@ class _Committer:
             current += b"\n"
 
         temporary = write_new_file(folder_fd, current + contribution, mode=0o644)
-        fd = os.open(temporary, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder_fd)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+            fd = os.open(temporary, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder_fd)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        except BaseException:
+            os.unlink(temporary, dir_fd=folder_fd)
+            raise
         os.unlink(item.staged_name, dir_fd=self.staging_fd)
         self._record(item, "appended")
 
@@ -212,7 +249,12 @@ class _Committer:
             data, _info = read_regular_file(folder_fd, name, max_bytes=item.size)
         except (OSError, UnsafePath):
             return False
-        return len(data) == item.size and hashlib.sha256(data).hexdigest() == item.sha256
+        same_mode = self._mode_of(folder_fd, name) == item.mode
+        return same_mode and len(data) == item.size and hashlib.sha256(data).hexdigest() == item.sha256
+
+    @staticmethod
+    def _mode_of(folder_fd: int, name: str) -> int:
+        return stat.S_IMODE(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode)
 
     def _record(self, item: Staged, action: str) -> None:
         self.ledger.append(

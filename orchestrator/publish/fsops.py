@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -83,18 +84,23 @@ def directory_chain(root_fd: int, parts: tuple[str, ...], *, create: bool) -> It
             os.close(fd)
 
 
+_RANDOM = secrets.token_hex(4)
+_names = itertools.count()
+
+
 def write_new_file(dir_fd: int, data: bytes, *, mode: int) -> str:
     """Write `data` to a fresh temporary file in `dir_fd`; return its name."""
     for _attempt in range(8):
-        name = f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        # A process-wide counter, with a random part so two processes never race for one name.
+        name = f"{TEMPORARY_PREFIX}{os.getpid()}-{_RANDOM}-{next(_names)}"
         try:
             fd = os.open(name, CREATE_FLAGS, mode, dir_fd=dir_fd)
         except FileExistsError:
             continue
         try:
             _write_all(fd, data)
-            if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
-                os.fchmod(fd, mode)
+            # The umask trimmed the mode given to open; set it exactly.
+            os.fchmod(fd, mode)
         except BaseException:
             os.close(fd)
             os.unlink(name, dir_fd=dir_fd)
@@ -123,8 +129,12 @@ def read_regular_file(dir_fd: int, name: str, *, max_bytes: int) -> tuple[bytes,
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UnsafePath(f"{name} is not a regular file")
-        chunks = []
-        remaining = max_bytes + 1
+        # One read usually returns the whole file; the loop covers files that grow while being read.
+        first = os.read(fd, min(info.st_size + 1, max_bytes + 1))
+        if len(first) <= info.st_size:
+            return first, info
+        chunks = [first]
+        remaining = max_bytes + 1 - len(first)
         while remaining > 0:
             chunk = os.read(fd, min(remaining, 1 << 20))
             if not chunk:

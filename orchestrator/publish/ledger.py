@@ -78,6 +78,9 @@ class Ledger:
     def owner_of(self, path: str) -> str | None:
         return self.owners.get(path)
 
+    def has_any_contribution(self, path: str) -> bool:
+        return bool(self.contributions.get(path))
+
     def has_contribution(self, path: str, *, owner: str, sha256: str) -> bool:
         """Return whether this owner already appended exactly this content to `path`."""
         return (owner, sha256) in self.contributions.get(path, set())
@@ -87,8 +90,12 @@ class Ledger:
         record = {**record, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
         with self.room.hold(LEDGER_LOCK_KEY):
+            before = os.fstat(self._fd).st_size
             os.write(self._fd, line)
         self._index(line)
+        if before == self.offset:
+            # Nothing from other publishers lies between the last refresh and this line, so skip rereading it.
+            self.offset += len(line)
 
 
 def read_records(state_dir: Path) -> Iterator[dict[str, Any]]:
