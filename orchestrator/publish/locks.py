@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import pwd
 import stat
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,7 +89,8 @@ class LockRoom:
         self.timeout = timeout
         # One lock object per stripe and per room: a room serves one thread, and filelock objects are
         # reentrant, so sharing one between threads would let both "hold" it at once.
-        self._locks: dict[Path, StripeLock] = {}
+        self._locks: dict[int, StripeLock] = {}
+        self._stripe_paths = [str(self.folder / f"stripe-{stripe:04d}.lock") for stripe in range(LOCK_STRIPES)]
         for folder in (self.folder, self.holders):
             make_shared_folder(folder)
 
@@ -103,18 +104,22 @@ class LockRoom:
         temporary.replace(target)
 
     def lock_file(self, key: str) -> Path:
-        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-        stripe = int.from_bytes(digest[:4], "big") % LOCK_STRIPES
-        return self.folder / f"stripe-{stripe:04d}.lock"
+        return Path(self._stripe_paths[self._stripe(key)])
+
+    @staticmethod
+    def _stripe(key: str) -> int:
+        # CRC-32 spreads paths evenly enough and costs far less than a cryptographic hash per file.
+        return zlib.crc32(key.encode("utf-8", "surrogateescape")) % LOCK_STRIPES
 
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:
         """Hold the lock of `key` (a published path, or a name such as "ledger") until the block ends."""
-        path = self.lock_file(key)
-        lock = self._locks.get(path)
+        stripe = self._stripe(key)
+        lock = self._locks.get(stripe)
         if lock is None:
-            lock = StripeLock(str(path), timeout=self.timeout, mode=LOCK_FILE_MODE, thread_local=False)
-            self._locks[path] = lock
+            lock = StripeLock(self._stripe_paths[stripe], timeout=self.timeout, mode=LOCK_FILE_MODE, thread_local=False)
+            self._locks[stripe] = lock
+        path = Path(lock.lock_file)
         try:
             lock.acquire(poll_interval=0.01)
         except filelock.Timeout:

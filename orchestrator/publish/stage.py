@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -243,11 +244,15 @@ def _drop_outside_hard_links(walk: _Walk) -> None:
     walk.staged = kept
 
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def name_problem(name: str, *, top_level: bool) -> str | None:
     """Return why a file name cannot be published, or None."""
-    if any("\udc80" <= char <= "\udcff" for char in name):
+    if _SURROGATE.search(name):
         return "the name is not valid UTF-8"
-    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+    if _CONTROL.search(name):
         return "the name contains control characters"
     if name in (".", ".."):
         return "the name is '.' or '..'"

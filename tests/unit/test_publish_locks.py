@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from orchestrator.publish import PublishRequest, publish_agent, state_folder
-from orchestrator.publish.ledger import LEDGER_LOCK_KEY
 from orchestrator.publish.locks import LockRoom, LockTimeout
 
 from .test_publish_support import (
@@ -242,14 +241,18 @@ def test_lock_files_kept(tmp_path: Path) -> None:
     write_files(request.workspace, {"a.txt": "a\n", "docs/b.md": "b\n", SUMMARY: "done\n"})
     publish_agent(request)
     room = LockRoom(state_folder(request.output), run_id="test")
-    keys = ["a.txt", "docs/b.md", SUMMARY, LEDGER_LOCK_KEY]
+    keys = ["a.txt", "docs/b.md", SUMMARY]
     inodes = {key: room.lock_file(key).stat().st_ino for key in keys}
+    ledger = state_folder(request.output) / "ledger.jsonl"
+    ledger_inode = ledger.stat().st_ino
 
     write_files(request.workspace, {"a.txt": "a2\n"})
     publish_agent(make_request(tmp_path, "writer", run_id="run-2"))
 
     for key in keys:
         assert room.lock_file(key).stat().st_ino == inodes[key], f"lock file of {key!r} was re-created"
+    # The ledger is its own lock file: it must never be replaced either.
+    assert ledger.stat().st_ino == ledger_inode
 
 
 def test_held_lock_times_out(tmp_path: Path) -> None:
