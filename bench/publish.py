@@ -1,8 +1,8 @@
 """Benchmark: publish many small files from one workspace, against `cp -r` of the same files.
 
 Prints one JSON object. Both sides copy the same files into an empty folder on
-the same file system in the same run, so the ratio holds across machines even
-when absolute times drift. The publisher's figure includes everything a real
+the same file system in the same run, so the ratio stays comparable across
+machines even when absolute times drift. The publisher's figure includes everything a real
 publish does: the walk without following links, staging, one flush of the file
 system, a file lock and a ledger record per file, and the final rename.
 

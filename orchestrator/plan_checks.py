@@ -76,7 +76,7 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
         if reason:
             reject(workspace_field, f"{_shown(agent.workspace, workspace)} {reason}; choose a project folder instead")
         if is_within(runs, workspace) or is_within(workspace, runs):
-            # The run folder holds logs and results that orchestrate writes as the invoking user.
+            # The run folder contains logs and results that orchestrate writes as the invoking user.
             reject(workspace_field, f"{workspace} overlaps the runs folder {runs}; use a folder outside it")
         elif workspace.exists() or workspace.is_symlink():
             # A fresh folder is made, and owned, by this run alone: no two runs share it and no

@@ -195,7 +195,7 @@ class RunResult:
     agents: list[AgentResult]
     interrupted_by: str | None
     seconds: float
-    # The hash of the audit log's last record, kept outside the log so a rewritten log can be told.
+    # The hash of the audit log's last record, kept outside the log so that a rewritten log is detected.
     audit_head: str | None = None
     # Why the audit log stopped early, when it could not be written.
     audit_problem: str | None = None

@@ -69,7 +69,7 @@ class Supervisor:
         try:
             self._log.append(kind, **fields)
         except (OSError, ValueError) as exc:
-            # A full disk must not stop the shutdown; the log stops here and says so in the summary.
+            # A full disk must not stop the shutdown, so the log ends here and result.json records why.
             log.error("the audit log %s could not be written (%s); it ends here", self._log.path, exc)
             self._audit_failed = str(exc)
             self._log = None
@@ -295,7 +295,7 @@ class Supervisor:
         except (RuntimeFailure, DockerUnavailable) as exc:
             result.fail("evidence-missing", f"evidence could not be saved: {exc}")
         except OSError as exc:
-            # The engine still holds the evidence, so the stopped container is kept rather than removed.
+            # The engine still keeps the evidence, so the stopped container is kept rather than removed.
             result.fail(
                 "evidence-missing",
                 f"evidence could not be written to {self.plan.run_dir} ({exc.strerror}); the stopped container "

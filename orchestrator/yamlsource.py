@@ -63,7 +63,7 @@ def load(text: str) -> LocatedDocument:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else None
         if "expected a single document" in str(exc.context):
-            raise YamlProblem(line, "the file holds more than one YAML document; keep only the first") from exc
+            raise YamlProblem(line, "the file contains more than one YAML document; keep only the first") from exc
         raise YamlProblem(line, f"invalid YAML: {exc.problem}") from exc
     except RecursionError as exc:
         raise YamlProblem(None, f"the document is nested more than {MAX_DEPTH} levels deep; flatten it") from exc

@@ -9,8 +9,8 @@ crash or a full disk therefore leaves each path with its old content or its
 new content, never a part of either.
 
 An exclusive path belongs to the first owner (manifest name and agent) that
-published it; another owner's version is a write conflict and is kept as
-evidence under the run's `conflicts/` folder. An append path gets each
+published it. Another owner's version is a write conflict, kept as evidence
+under the run's `conflicts/` folder. An append path gets each
 distinct content of each owner once, in the order the lock was taken, so a
 rerun with unchanged results does not repeat them.
 """

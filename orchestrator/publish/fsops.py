@@ -14,8 +14,7 @@ import itertools
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer appears.
@@ -67,21 +66,6 @@ def _set_mode(fd: int, mode: int) -> None:
             os.fchmod(fd, mode)
     except PermissionError:
         pass
-
-
-@contextmanager
-def directory_chain(root_fd: int, parts: tuple[str, ...], *, create: bool) -> Iterator[int]:
-    """Yield a descriptor of root/parts[0]/.../parts[-1], opened one component at a time."""
-    opened: list[int] = []
-    current = root_fd
-    try:
-        for part in parts:
-            current = open_child_directory(current, part, create=create)
-            opened.append(current)
-        yield current
-    finally:
-        for fd in opened:
-            os.close(fd)
 
 
 _RANDOM = secrets.token_hex(4)
@@ -147,7 +131,7 @@ def read_regular_file(dir_fd: int, name: str, *, max_bytes: int) -> tuple[bytes,
 
 
 def sync_filesystem(fd: int) -> None:
-    """Flush every dirty page of the file system that holds `fd`, once for a whole batch."""
+    """Flush every dirty page of the file system that contains `fd`, once for a whole batch."""
     if _SYNCFS is not None and _SYNCFS(fd) == 0:
         return
     os.sync()

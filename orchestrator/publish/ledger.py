@@ -4,7 +4,7 @@
 size, mode, time and action of every publish. It is also the index of who
 owns each exclusive path and which contributions an append path already has.
 A publisher reads new lines while it holds a path's lock, and appends its
-record before it releases that lock, so the next holder always sees it.
+record before it releases that lock, so the next holder always reads it.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ class LockRoom:
 
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:
-        """Hold the lock of `key` (a published path, or a name such as "ledger") until the block ends."""
+        """Hold the lock of the published path `key` until the block ends."""
         stripe = self._stripe(key)
         lock = self._locks.get(stripe)
         if lock is None:

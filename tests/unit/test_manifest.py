@@ -403,7 +403,7 @@ def test_second_document_is_rejected(tmp_path: Path) -> None:
     problems = load_problems(path)
 
     assert len(problems) == 1
-    assert problems[0].startswith(f"{path}:7: the file holds more than one YAML document")
+    assert problems[0].startswith(f"{path}:7: the file contains more than one YAML document")
 
 
 def test_alias_bomb_fails_fast(tmp_path: Path, run_plan) -> None:
@@ -674,3 +674,15 @@ def test_control_character_in_path_rejected(tmp_path: Path) -> None:
     problems = load_problems(path)
 
     assert any("invalid path" in problem for problem in problems), problems
+
+
+def test_example_manifest_matches_schema() -> None:
+    import jsonschema
+    import yaml
+
+    from orchestrator.manifest import manifest_schema
+
+    repository = Path(__file__).resolve().parents[2]
+    document = yaml.safe_load((repository / "configs" / "agents.example.yaml").read_text(encoding="utf-8"))
+
+    jsonschema.validate(document, manifest_schema())
