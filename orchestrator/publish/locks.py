@@ -24,6 +24,7 @@ import json
 import os
 import pwd
 import stat
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -95,10 +96,13 @@ class LockRoom:
             make_shared_folder(folder)
 
     def register(self, agents: list[str]) -> None:
-        """Record which run and agents this process publishes for, so a waiter can name them."""
+        """Record which run and agents this process publishes for, so a waiter can name them.
+
+        One file per process and agent, because one process publishes several agents at once.
+        """
         record = {"pid": os.getpid(), "run": self.run_id, "agents": sorted(agents), "since": time.time()}
-        target = self.holders / f"{os.getpid()}.json"
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        target = self.holders / f"{os.getpid()}.{'-'.join(sorted(agents))}.json"
+        temporary = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
         temporary.write_text(json.dumps(record), encoding="utf-8")
         os.chmod(temporary, HOLDER_FILE_MODE)
         temporary.replace(target)
@@ -139,12 +143,17 @@ class LockRoom:
         pid = flock_holder(lock_path)
         if pid is None:
             return "an unknown process (it may have just released it)"
-        try:
-            record = json.loads((self.holders / f"{pid}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        runs, agents = set(), set()
+        for path in self.holders.glob(f"{pid}.*.json"):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            runs.add(str(record.get("run")))
+            agents.update(record.get("agents") or [])
+        if not runs:
             return f"process {pid}"
-        agents = ", ".join(record.get("agents") or []) or "unknown agents"
-        return f"process {pid} (run {record.get('run')}, agents {agents})"
+        return f"process {pid} (run {', '.join(sorted(runs))}, agents {', '.join(sorted(agents))})"
 
 
 def flock_holder(path: Path) -> int | None:

@@ -202,7 +202,7 @@ def audited_run(project: Project) -> Path:
         output=str(project.root / "audit-tree"),
     )
     code, result = project.run_json(manifest)
-    assert code == 0
+    assert code == 0, json.dumps(result, indent=2)
     return Path(result["run_dir"])
 
 
