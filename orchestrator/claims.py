@@ -77,7 +77,7 @@ class Claim:
     @classmethod
     def parse(cls, pattern: str) -> Claim:
         """Parse and compile a pattern, or raise ValueError when it is not a valid claim."""
-        _check_pattern(pattern)
+        check_pattern(pattern)
 
         items: list[Item] = []
         for text in pattern.split("/"):
@@ -169,23 +169,26 @@ def find_overlaps(claims: Mapping[str, Sequence[str]], shared: Collection[str]) 
     return overlaps
 
 
-def _check_pattern(pattern: str) -> None:
-    # NOTE: these rules repeat `_check_claim_glob` in manifest.py, so a change to one must go into the other.
+def check_pattern(pattern: str, *, noun: str = "claim") -> None:
+    """Raise ValueError, with the fix, unless `pattern` is a relative POSIX pattern inside the output tree.
+
+    The manifest validates `writes` and `shared` paths with this function too, naming them "glob".
+    """
     if not pattern.strip():
-        raise ValueError(f"invalid claim {pattern!r}; use a relative pattern such as docs/**")
+        raise ValueError(f"invalid {noun} {pattern!r}; use a relative pattern such as docs/**")
     if any(ord(char) < 32 or ord(char) == 127 for char in pattern):
-        raise ValueError(f"invalid claim {pattern!r}; remove the control characters")
+        raise ValueError(f"invalid {noun} {pattern!r}; remove the control characters")
     if pattern.startswith("/") or "\\" in pattern:
-        raise ValueError(f"invalid claim '{pattern}'; use a relative path with / such as docs/**")
+        raise ValueError(f"invalid {noun} '{pattern}'; use a relative path with / such as docs/**")
 
     segments = pattern.split("/")
     if any(segment in NOT_NAMES for segment in segments):
         raise ValueError(
-            f"invalid claim '{pattern}'; empty, '.' and '..' segments are not allowed, "
+            f"invalid {noun} '{pattern}'; empty, '.' and '..' segments are not allowed, "
             "write a plain relative pattern such as docs/**"
         )
     if any("**" in segment and segment != "**" for segment in segments):
-        raise ValueError(f"invalid claim '{pattern}'; '**' must be a whole segment, as in docs/**/x")
+        raise ValueError(f"invalid {noun} '{pattern}'; '**' must be a whole segment, as in docs/**/x")
 
 
 def _parse_segment(text: str) -> Segment:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from . import yamlsource
+from .claims import check_pattern
 from .errors import ManifestError, Problem
 from .manifest_errors import problems_from_validation, render_path
 from .profiles import PROFILE_NAMES
@@ -84,21 +85,10 @@ EnvName = Annotated[str, BeforeValidator(_check_env_name)]
 
 
 def _check_claim_glob(value: object) -> object:
-    """Validate a `writes` glob: a relative POSIX pattern inside the output tree."""
-    if not isinstance(value, str) or not value.strip():
+    """Validate a `writes` or `shared` glob: a relative POSIX pattern inside the output tree."""
+    if not isinstance(value, str):
         raise ValueError(f"invalid glob {value!r}; use a relative pattern such as docs/**")
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise ValueError(f"invalid glob {value!r}; remove the control characters")
-    if value.startswith("/") or "\\" in value:
-        raise ValueError(f"invalid glob '{value}'; use a relative path with / such as docs/**")
-    parts = value.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise ValueError(
-            f"invalid glob '{value}'; empty, '.' and '..' segments are not allowed, "
-            "write a plain relative pattern such as docs/**"
-        )
-    if any("**" in part and part != "**" for part in parts):
-        raise ValueError(f"invalid glob '{value}'; '**' must be a whole segment, as in docs/**/x")
+    check_pattern(value, noun="glob")
     return value
 
 

@@ -80,14 +80,18 @@ def state_folder(output: Path) -> Path:
 def check_workspace(request: PublishRequest) -> PublishReport:
     """Collect the findings of a workspace without publishing it, for agents that did not succeed."""
     started = time.monotonic()
-    _staged, findings, notices = stage_workspace(
+    _staged, findings, notices = _stage(request, None)
+    return PublishReport(agent=request.agent, findings=findings, notices=notices, seconds=time.monotonic() - started)
+
+
+def _stage(request: PublishRequest, staging_fd: int | None) -> tuple[list[Staged], list[Finding], list[str]]:
+    return stage_workspace(
         request.workspace,
-        None,
+        staging_fd,
         claims=[Claim.parse(pattern) for pattern in request.claims],
         shared=[(Claim.parse(pattern), mode) for pattern, mode in request.shared],
         limits=request.limits,
     )
-    return PublishReport(agent=request.agent, findings=findings, notices=notices, seconds=time.monotonic() - started)
 
 
 def publish_agent(request: PublishRequest) -> PublishReport:
@@ -109,13 +113,7 @@ def publish_agent(request: PublishRequest) -> PublishReport:
         shutil.rmtree(staging, ignore_errors=True)
         raise LockDenied(denied_message(Path(exc.filename or state), "write")) from exc
     try:
-        staged, findings, notices = stage_workspace(
-            request.workspace,
-            staging_fd,
-            claims=[Claim.parse(pattern) for pattern in request.claims],
-            shared=[(Claim.parse(pattern), mode) for pattern, mode in request.shared],
-            limits=request.limits,
-        )
+        staged, findings, notices = _stage(request, staging_fd)
         report.findings.extend(findings)
         report.notices.extend(notices)
         sync_filesystem(staging_fd)

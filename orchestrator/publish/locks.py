@@ -143,7 +143,8 @@ class LockRoom:
         pid = flock_holder(lock_path)
         if pid is None:
             return "an unknown process (it may have just released it)"
-        runs, agents = set(), set()
+        runs: set[str] = set()
+        agents: set[str] = set()
         for path in self.holders.glob(f"{pid}.*.json"):
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
