@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from . import __version__
 from .errors import PlanError
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
+from .lifeline import wrapped_command
 from .manifest import Agent, LoadedManifest, Resources
 from .plan_checks import check_paths
 
@@ -40,6 +41,7 @@ class HostFacts:
     images: dict[str, str | None] = field(default_factory=dict)
     # VOLUME paths each image declares; Docker backs each with a writable volume of unlimited size.
     image_volumes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    image_entrypoints: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Host UID that container UID 0 maps to under userns-remap; 0 without remapping.
     userns_offset: int = 0
     environment: dict[str, str] = field(default_factory=dict)
@@ -81,7 +83,11 @@ class ContainerSpec(Frozen):
     hostname: str
     image: str
     image_id: str | None
+    # The lifeline wrapper, then the image's entrypoint (unless it is only an init) and the agent's command.
+    entrypoint: tuple[str, ...]
     command: tuple[str, ...]
+    # The engine's init runs as PID 1, reaping zombies and passing signals on.
+    init: bool = True
     user: str
     workdir: str
     env_names: tuple[str, ...]
@@ -272,12 +278,14 @@ def _agent_plan(
                   purpose="home directory for tool configuration"),
     ]
 
+    entrypoint, command = wrapped_command(facts.image_entrypoints.get(image, ()), tuple(agent.command))
     container = ContainerSpec(
         name=f"orchestrate-{run_id}-{agent.name}",
         hostname=agent.name,
         image=image,
         image_id=image_id,
-        command=tuple(agent.command),
+        entrypoint=entrypoint,
+        command=command,
         user=f"{uid}:{gid}",
         workdir=agent.workdir,
         env_names=env_names,

@@ -44,6 +44,8 @@ def _agent_lines(agent: AgentPlan) -> list[str]:
         f"agent {agent.name} (profile {agent.profile})",
         f"  image     {spec.image}{image_id}",
         f"  command   {shlex.join(spec.command)}",
+        f"  wrapper   {spec.entrypoint[0]} as {spec.entrypoint[-1]}: ends the agent if orchestrate dies; "
+        f"init {'on' if spec.init else 'off'}",
         f"  user      {spec.user}, workdir {spec.workdir}",
         f"  env       {env}; set by orchestrate: {', '.join(sorted(spec.fixed_env))}",
         f"  limits    {limits.cpus:g} CPU{'' if limits.cpus == 1 else 's'}, memory {format_size(limits.memory)}, "

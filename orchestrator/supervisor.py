@@ -26,7 +26,7 @@ from .errors import DockerUnavailable
 from .plan import LABEL_RUN, AgentPlan, RunPlan
 from .publish import PublishError, PublishLimits, PublishReport, PublishRequest, check_workspace, publish_agent
 from .results import AgentResult, RunResult
-from .runtime import Runtime
+from .runtime import Lifeline, Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
 from .runtime.inspection import security_summary
 from .shutdown import DEFAULT_GRACE, stop_all, stop_container
@@ -62,6 +62,7 @@ class Supervisor:
         self._agents_scope: anyio.CancelScope | None = None
         self._log: AuditLog | None = None
         self._audit_failed: str | None = None
+        self._lifelines: dict[str, Lifeline] = {}
 
     def _audit(self, kind: str, **fields: object) -> None:
         if self._log is None:
@@ -179,6 +180,9 @@ class Supervisor:
             if container_id is not None:
                 with anyio.move_on_after(EVIDENCE_DEADLINE, shield=True):
                     await self._finish(agent, container_id, result)
+            lifeline = self._lifelines.pop(agent.name, None)
+            if lifeline is not None:
+                _close_quietly(lifeline)
             result.settle()
             self._audit("agent-exit", agent=agent.name, **result.audit_fields())
             log.info("agent %s: %s", agent.name, result.describe())
@@ -206,6 +210,10 @@ class Supervisor:
             return False
 
         try:
+            # Attached before the start, so the agent never runs without its dead-man's switch.
+            self._lifelines[agent.name] = await self.workers.call(
+                self.runtime.attach_lifeline, self._containers[agent.name]
+            )
             await self.workers.call(self.runtime.start, self._containers[agent.name])
         except (RuntimeFailure, ContainerGone) as exc:
             result.fail("error", str(exc))
@@ -351,6 +359,9 @@ class Supervisor:
         except (RuntimeFailure, DockerUnavailable) as exc:
             log.error("could not list the run's containers to clean up: %s", exc)
             return
+        for lifeline in self._lifelines.values():
+            _close_quietly(lifeline)
+        self._lifelines.clear()
         if not leftovers:
             return
         log.warning("stopping %d container(s) of run %s that were not yet recorded", len(leftovers), self.plan.run_id)
@@ -406,6 +417,13 @@ def redact_environment(inspect: dict[str, Any]) -> dict[str, Any]:
     config = dict(inspect.get("Config") or {})
     config["Env"] = [f"{item.partition('=')[0]}=<redacted>" for item in config.get("Env") or []]
     return {**inspect, "Config": config}
+
+
+def _close_quietly(lifeline: Lifeline) -> None:
+    try:
+        lifeline.close()
+    except OSError as exc:
+        log.debug("closing a lifeline failed: %s", exc)
 
 
 def _save_logs(runtime: Runtime, container_id: str, path: Path) -> None:

@@ -37,10 +37,18 @@ class EffectiveLimits:
     cpus: float | None = None
 
 
+class Lifeline(Protocol):
+    """An open connection to a container's input; closing it, or the holder's death, ends the agent."""
+
+    def close(self) -> None: ...
+
+
 class Runtime(Protocol):
     def host_facts(self, images: list[str], environment: dict[str, str]) -> HostFacts: ...
 
     def create(self, spec: ContainerSpec, environment: dict[str, str]) -> Created: ...
+
+    def attach_lifeline(self, container_id: str) -> Lifeline: ...
 
     def start(self, container_id: str) -> None: ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -85,17 +86,21 @@ class DockerRuntime:
             info = self._api.info()
         found: dict[str, str | None] = {}
         volumes: dict[str, tuple[str, ...]] = {}
+        entrypoints: dict[str, tuple[str, ...]] = {}
         for image in images:
             details = self._image_details(image)
             found[image] = None if details is None else str(details["Id"])
             if details is not None:
-                volumes[image] = tuple(sorted((details.get("Config") or {}).get("Volumes") or {}))
+                config = details.get("Config") or {}
+                volumes[image] = tuple(sorted(config.get("Volumes") or {}))
+                entrypoints[image] = tuple(config.get("Entrypoint") or ())
         return HostFacts(
             uid=os.getuid(),
             gid=os.getgid(),
             cpu_count=int(info.get("NCPU") or os.cpu_count() or 1),
             images=found,
             image_volumes=volumes,
+            image_entrypoints=entrypoints,
             userns_offset=_userns_offset(info),
             environment=environment,
         )
@@ -112,7 +117,11 @@ class DockerRuntime:
         with _translated(f"create container {spec.name}"):
             response = self._api.create_container(
                 image=spec.image_id or spec.image,
+                entrypoint=list(spec.entrypoint),
                 command=list(spec.command),
+                # Not detached with stdin open: the engine sets OpenStdin and StdinOnce, the lifeline.
+                stdin_open=True,
+                detach=False,
                 user=spec.user,
                 working_dir=spec.workdir,
                 environment=container_environment(spec, environment),
@@ -124,6 +133,12 @@ class DockerRuntime:
             )
         warnings = tuple(response.get("Warnings") or ())
         return Created(container_id=response["Id"], warnings=warnings)
+
+    def attach_lifeline(self, container_id: str) -> AttachedInput:
+        """Attach to the container's input; closing the returned socket, or dying, ends the agent."""
+        with _translated(f"attach to container {container_id[:12]}"):
+            stream = self._api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+        return AttachedInput(stream)
 
     def start(self, container_id: str) -> None:
         with _translated(f"start container {container_id[:12]}"):
@@ -178,6 +193,25 @@ class DockerRuntime:
         return [str(item["Id"]) for item in found]
 
 
+class AttachedInput:
+    """The attach connection to a container's input, kept open as the agent's lifeline."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def close(self) -> None:
+        # The SDK returns a SocketIO over a socket that its HTTP response also references, so
+        # closing the SocketIO alone leaves the connection open; shutdown ends it for the engine.
+        raw = getattr(self._stream, "_sock", None)
+        if isinstance(raw, socket.socket):
+            try:
+                raw.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            raw.close()
+        self._stream.close()
+
+
 def _host_config_arguments(spec: ContainerSpec) -> dict[str, Any]:
     security = spec.security
     binds = [
@@ -222,7 +256,7 @@ def _host_config_arguments(spec: ContainerSpec) -> dict[str, Any]:
         "pids_limit": spec.limits.pids,
         "log_config": LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES}),
         "runtime": spec.runtime,
-        "init": False,
+        "init": spec.init,
     }
 
 

@@ -192,3 +192,31 @@ def _wait_for_line(process: subprocess.Popen[str], text: str) -> None:
         if text in line:
             return
     raise AssertionError(f"orchestrate exited without printing {text!r}")
+
+
+def test_killed_orchestrator_stops_agents(project: Project) -> None:
+    # SIGKILL gives orchestrate no chance to clean up: only the lifeline can stop the agents.
+    manifest = project.manifest(
+        [
+            {"name": "sleeper", "command": ["sleep", "600"]},
+            {"name": "stubborn", "command": ["sh", "-c", "trap '' TERM INT; sleep 600"]},
+        ]
+    )
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs))
+    project.wait_for_running(2)
+
+    process.kill()
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(item.status == "running" for item in project.containers()):
+        time.sleep(0.1)
+
+    containers = project.containers()
+    assert len(containers) == 2
+    assert [item.status for item in containers if item.status == "running"] == []
+
+    run_id = containers[0].labels["orchestrate.run"]
+    completed = project.orchestrate("cleanup", run_id, "--runs-dir", str(project.runs))
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.count("removed container") == 2
+    assert project.containers() == []
