@@ -6,11 +6,25 @@ import re
 from pathlib import Path
 
 from .errors import InputError
-from .plan import LABEL_AGENT, LABEL_RUN
+from .plan import LABEL_AGENT, LABEL_RUN, RunPlan
 from .runtime.docker import DockerRuntime
 from .workspace import remove_tree
 
 RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def _workspaces_outside(run_folder: Path) -> list[Path]:
+    """Return the fixed `workspace:` folders of a run, which live outside its run folder."""
+    try:
+        plan = RunPlan.model_validate_json((run_folder / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    resolved = run_folder.resolve()
+    return [
+        agent.workspace
+        for agent in plan.agents
+        if resolved not in agent.workspace.resolve().parents and agent.workspace.is_dir()
+    ]
 
 
 def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove_files: bool) -> str:
@@ -38,6 +52,9 @@ def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove
     if remove_files and run_id is not None:
         folder = runs_root / run_id
         if folder.is_dir():
+            for workspace in _workspaces_outside(folder):
+                remove_tree(workspace)
+                lines.append(f"deleted the agent workspace {workspace}")
             remove_tree(folder)
             lines.append(f"deleted {folder}")
     return "\n".join(lines)

@@ -209,19 +209,29 @@ def publish(
     agent: Annotated[str | None, typer.Argument(help="Publish only this agent.")] = None,
     runs_dir: RunsDirOption = Path("runs"),
     json_output: JsonOption = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also publish agents that did not exit cleanly in the run.")
+    ] = False,
 ) -> None:
     """Publish agents' workspaces of a finished run into its output tree again."""
+    _options["json"] = json_output
 
     def body() -> int:
         from .publishing import publish_run
 
-        reports = publish_run(runs_dir, run_id, agent)
+        reports = publish_run(runs_dir, run_id, agent, force=force)
         if json_output:
             typer.echo(json.dumps([report.to_json() for report in reports], indent=2))
         for report in reports if not json_output else []:
-            typer.echo(f"{report.agent}: published {len(report.published)} file(s), {len(report.findings)} finding(s)")
+            changed = sum(item.action != "unchanged" for item in report.published)
+            typer.echo(
+                f"{report.agent}: published {changed} file(s), {len(report.published) - changed} unchanged, "
+                f"{len(report.findings)} finding(s)"
+            )
             for finding in report.findings:
                 typer.echo(f"  {finding.kind}: {finding.path}: {finding.detail}")
+            for notice in report.notices:
+                typer.echo(f"  note: {notice}")
         return 1 if any(report.findings for report in reports) else 0
 
     _guarded(body)
@@ -239,11 +249,16 @@ def provenance(
         from .provenance import history
 
         records = history(output, path)
+        if not records:
+            typer.echo(
+                f"no publish of {path} is recorded in {output}; give the path relative to the output tree, "
+                "such as SUMMARY.md, or pass --output with the tree",
+                err=True,
+            )
         if json_output:
             typer.echo(json.dumps(records, indent=2))
             return 0 if records else 1
         if not records:
-            typer.echo(f"no publish of {path} is recorded in {output}", err=True)
             return 1
         for record in records:
             typer.echo(

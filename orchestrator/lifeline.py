@@ -20,18 +20,19 @@ WRAPPER_NAME = "orchestrate-lifeline"
 
 # "$@" is the agent's command. `kill -KILL -1` signals every process this user may
 # signal in the container's PID namespace: all of the agent's processes and the wrapper.
-# As root it would reach far more (on a host: everything), so root only kills the child;
-# orchestrate never runs an agent as root.
+# As root it would reach far more (on a host: everything), so root only kills its own process
+# group; orchestrate never runs an agent as root. The watcher starts before the agent, so an
+# agent that uses up its process limit at once cannot keep the watcher from starting.
 # The watcher reads the input through descriptor 3, because sh gives a background job
 # /dev/null as its standard input; the agent itself gets neither.
 WRAPPER_SCRIPT = """\
 trap 'kill -TERM "$child" 2>/dev/null' TERM
 trap 'kill -INT "$child" 2>/dev/null' INT
 exec 3<&0
-"$@" </dev/null 3<&- &
-child=$!
-{ cat <&3 >/dev/null; if [ "$(id -u)" -ne 0 ]; then kill -KILL -1; else kill -KILL "$child"; fi; } &
+{ cat <&3 >/dev/null; if [ "$(id -u)" -ne 0 ]; then kill -KILL -1; else kill -KILL 0; fi; } &
 exec 3<&-
+"$@" </dev/null &
+child=$!
 while :; do
     wait "$child"
     code=$?

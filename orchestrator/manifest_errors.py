@@ -83,6 +83,9 @@ def _message(error: Any, path: tuple[str | int, ...], document: LocatedDocument)
     if kind in _TYPE_NAMES and value is None:
         # YAML reads `~`, `null` and an empty value as null, which surprises people writing `source: ~`.
         return f"expected {_TYPE_NAMES[kind]}, got no value; YAML reads ~, null and an empty value as null, so quote it"
+    if kind == "string_type" and isinstance(value, bool | int | float):
+        # YAML reads true, yes, on, 1 and 1.0 as booleans and numbers; quoting keeps them text.
+        return f"expected text, got {_describe(value)}; quote the value, as in \"{str(value).lower()}\""
     if kind in _TYPE_NAMES:
         return f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}"
     return f"{error['msg']} (value {_describe(value)})"

@@ -208,6 +208,8 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
 
     problems.extend(paths.problems)
     if problems:
+        # Agents that share the default image would each report the same missing image.
+        problems = list(dict.fromkeys(problems))
         problems.sort(key=lambda problem: (problem.line or 0, problem.field))
         raise PlanError(problems)
 

@@ -62,7 +62,8 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
 
     reason = writable_reason(runs, homes)
     if reason:
-        reject(("source",), f"the runs folder {runs} {reason}; pass --runs-dir with a project folder")
+        problems.append(Problem(str(loaded.path), None, "--runs-dir",
+                                f"the runs folder {runs} {reason}; pass --runs-dir with a project folder"))
 
     workspaces: dict[str, Path] = {}
     for index, agent in enumerate(manifest.agents):

@@ -1,23 +1,36 @@
-"""`orchestrate publish`: publish the workspaces of a recorded run again."""
+"""`orchestrate publish`: publish the workspaces of a recorded run again.
+
+Only agents that exited cleanly in the run are published, as during the run;
+the others are checked and their findings reported, unless `force` is set. A
+republish is recorded in an audit log of its own, `audit-publish-<time>.jsonl`
+in the run folder, because the run's own log ends with its run-end record.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from pathlib import Path
+from typing import Any
 
+from .audit import AuditLog
 from .errors import InputError
-from .plan import RunPlan
-from .publish import PublishReport, publish_agent
+from .plan import AgentPlan, RunPlan
+from .publish import PublishReport, check_workspace, publish_agent
 from .supervisor import publish_request
 
 RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
+# States in which the agent's container exited by itself with code 0.
+CLEAN_STATES = ("succeeded", "violation")
 
 
-def publish_run(runs_root: Path, run_id: str, agent: str | None) -> list[PublishReport]:
-    """Publish one agent (or every agent) of a run, from the plan saved in its run folder."""
+def publish_run(runs_root: Path, run_id: str, agent: str | None, *, force: bool = False) -> list[PublishReport]:
+    """Publish one agent (or every agent) of a run, from the plan and result saved in its run folder."""
     if not RUN_ID.fullmatch(run_id):
         raise InputError(f"invalid run id '{run_id}'; copy it from the run's summary or from {runs_root}/")
-    plan_path = runs_root / run_id / "plan.json"
+    run_dir = runs_root / run_id
+    plan_path = run_dir / "plan.json"
     if not plan_path.is_file():
         raise InputError(f"{plan_path} not found; check the run id, or pass --runs-dir with the runs folder")
     plan = RunPlan.model_validate_json(plan_path.read_text(encoding="utf-8"))
@@ -26,4 +39,43 @@ def publish_run(runs_root: Path, run_id: str, agent: str | None) -> list[Publish
     if not agents:
         names = ", ".join(item.name for item in plan.agents)
         raise InputError(f"run {run_id} has no agent '{agent}'; its agents are: {names}")
-    return [publish_agent(publish_request(plan, item)) for item in agents]
+
+    outcomes = _agent_outcomes(run_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    with AuditLog.create(run_dir / f"audit-publish-{stamp}.jsonl", run_id=plan.run_id) as audit:
+        audit.append("run-start", action="publish", agents=[item.name for item in agents], force=force)
+        reports = [_publish_one(plan, item, outcomes.get(item.name), force=force, audit=audit) for item in agents]
+        audit.append("run-end", findings=sum(len(report.findings) for report in reports))
+    return reports
+
+
+def _agent_outcomes(run_dir: Path) -> dict[str, dict[str, Any]]:
+    try:
+        result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {item["name"]: item for item in result.get("agents", []) if isinstance(item, dict) and "name" in item}
+
+
+def _publish_one(
+    plan: RunPlan, agent: AgentPlan, outcome: dict[str, Any] | None, *, force: bool, audit: AuditLog
+) -> PublishReport:
+    request = publish_request(plan, agent)
+    clean = outcome is not None and outcome.get("exit_code") == 0 and outcome.get("state") in CLEAN_STATES
+    if not clean and not force:
+        report = check_workspace(request)
+        state = "unknown (no result.json)" if outcome is None else outcome.get("state")
+        report.notices.append(
+            f"not published: the agent's run state is {state}; pass --force to publish its workspace anyway"
+        )
+    else:
+        report = publish_agent(request)
+
+    for item in report.published:
+        if item.action != "unchanged":
+            audit.append("publish", agent=agent.name, path=item.path, action=item.action, sha256=item.sha256,
+                         size=item.size)
+    for finding in report.findings:
+        kind = "conflict" if finding.kind == "write-conflict" else "violation"
+        audit.append(kind, agent=agent.name, violation=finding.kind, path=finding.path, detail=finding.detail)
+    return report

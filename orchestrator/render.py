@@ -24,7 +24,7 @@ def plan_text(plan: RunPlan) -> str:
         f"  manifest  {_shown(plan.manifest)} (sha256 {plan.manifest_sha256[:12]})",
         f"  source    {_shown(plan.source)}, read-only in every agent at /workspace/src",
         f"  output    {_shown(plan.output)}",
-        f"  run folder {_shown(plan.run_dir)} (the run id is chosen anew by `orchestrate run`)",
+        f"  run folder {_shown(plan.run_dir)} (`orchestrate run` picks a new run id)",
     ]
     for shared in plan.shared:
         lines.append(f"  shared    {shared.path} ({shared.mode})")

@@ -332,9 +332,10 @@ class Supervisor:
             result.fail("error", f"publishing failed: {exc}")
             return
         result.record_publish(report)
+        changed = sum(item.action != "unchanged" for item in report.published)
         log.info(
-            "agent %s: published %d file(s) in %.2f s, %d finding(s)",
-            agent.name, len(report.published), report.seconds, len(report.findings),
+            "agent %s: published %d file(s) (%d unchanged) in %.2f s, %d finding(s)",
+            agent.name, changed, len(report.published) - changed, report.seconds, len(report.findings),
         )
 
     def _publish_in_thread(self, agent: AgentPlan, publish: bool) -> PublishReport:

@@ -70,7 +70,9 @@ def load(text: str) -> LocatedDocument:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        raise YamlProblem(line, f"invalid YAML: {exc.problem or exc.context}") from exc
+        raise YamlProblem(
+            line, f"invalid YAML: {exc.problem or exc.context}; check the indentation and quoting on this line"
+        ) from exc
     except yaml.YAMLError as exc:
         raise YamlProblem(None, f"invalid YAML: {exc}") from exc
     finally:

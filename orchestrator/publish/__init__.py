@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -71,6 +72,15 @@ class PublishRequest:
     @property
     def owner(self) -> str:
         return f"{self.manifest_name}/{self.agent}"
+
+
+_RUN_START = re.compile(r"-(\d{8}-\d{6})-[0-9a-f]+$")
+
+
+def run_start(run_id: str) -> str | None:
+    """Return the UTC start stamp (YYYYmmdd-HHMMSS) that a run id carries, or None."""
+    match = _RUN_START.search(run_id)
+    return match.group(1) if match else None
 
 
 def state_folder(output: Path) -> Path:
@@ -134,6 +144,7 @@ def publish_agent(request: PublishRequest) -> PublishReport:
     finally:
         os.close(staging_fd)
         ledger.close()
+        room.unregister()
         shutil.rmtree(staging, ignore_errors=True)
 
     report.seconds = time.monotonic() - started
@@ -202,6 +213,12 @@ class _Committer:
         if existing is not None and owner is None:
             self._conflict(item, "the file exists but orchestrate never published it (it is not in the ledger)")
             return
+        newer = self._newer_run(item.path)
+        if existing is not None and newer is not None:
+            os.unlink(item.staged_name, dir_fd=self.staging_fd)
+            self.report.notices.append(f"{item.path}: kept the version from the later run {newer}")
+            self.report.published.append(Published(item.path, "unchanged", item.sha256, item.size))
+            return
         if existing is not None and self._same_content(folder_fd, name, item):
             os.unlink(item.staged_name, dir_fd=self.staging_fd)
             self.report.published.append(Published(item.path, "unchanged", item.sha256, item.size))
@@ -241,6 +258,16 @@ class _Committer:
             raise
         os.unlink(item.staged_name, dir_fd=self.staging_fd)
         self._record(item, "appended")
+
+    def _newer_run(self, path: str) -> str | None:
+        """Return the run that last published `path` when it started after this one; None otherwise."""
+        latest = self.ledger.latest_runs.get(path)
+        if latest is None or latest == self.request.run_id:
+            return None
+        latest_start, own_start = run_start(latest), run_start(self.request.run_id)
+        if latest_start is None or own_start is None or latest_start <= own_start:
+            return None
+        return latest
 
     def _same_content(self, folder_fd: int, name: str, item: Staged) -> bool:
         try:

@@ -31,6 +31,8 @@ class Ledger:
     room: LockRoom
     offset: int = 0
     owners: dict[str, str] = field(default_factory=dict)
+    # The run of the latest exclusive record of each path, so an old run cannot roll a file back.
+    latest_runs: dict[str, str] = field(default_factory=dict)
     contributions: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     _fd: int = -1
 
@@ -74,6 +76,7 @@ class Ledger:
             self.contributions.setdefault(path, set()).add((str(record.get("owner")), str(record.get("sha256"))))
         else:
             self.owners.setdefault(path, str(record.get("owner")))
+            self.latest_runs[path] = str(record.get("run"))
 
     def _lock_ledger(self) -> None:
         deadline = time.monotonic() + self.room.timeout

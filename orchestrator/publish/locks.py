@@ -91,6 +91,7 @@ class LockRoom:
         # One lock object per stripe and per room: a room serves one thread, and filelock objects are
         # reentrant, so sharing one between threads would let both "hold" it at once.
         self._locks: dict[int, StripeLock] = {}
+        self._holder_record: Path | None = None
         self._stripe_paths = [str(self.folder / f"stripe-{stripe:04d}.lock") for stripe in range(LOCK_STRIPES)]
         for folder in (self.folder, self.holders):
             make_shared_folder(folder)
@@ -102,10 +103,17 @@ class LockRoom:
         """
         record = {"pid": os.getpid(), "run": self.run_id, "agents": sorted(agents), "since": time.time()}
         target = self.holders / f"{os.getpid()}.{'-'.join(sorted(agents))}.json"
+        self._holder_record = target
         temporary = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
         temporary.write_text(json.dumps(record), encoding="utf-8")
         os.chmod(temporary, HOLDER_FILE_MODE)
         temporary.replace(target)
+
+    def unregister(self) -> None:
+        """Remove this publisher's holder record; records of processes that died stay until overwritten."""
+        if self._holder_record is not None:
+            self._holder_record.unlink(missing_ok=True)
+            self._holder_record = None
 
     def lock_file(self, key: str) -> Path:
         return Path(self._stripe_paths[self._stripe(key)])

@@ -70,7 +70,8 @@ class PublishReport:
         # The counts are exact; the lists are cut, so 200,000 planted files cannot bloat the report.
         return {
             "agent": self.agent,
-            "published": len(self.published),
+            "published": sum(item.action != "unchanged" for item in self.published),
+            "unchanged": sum(item.action == "unchanged" for item in self.published),
             "finding_count": len(self.findings),
             "findings": [finding.to_json() for finding in self.findings[:MAX_LISTED]],
             "notices": self.notices[:MAX_LISTED],

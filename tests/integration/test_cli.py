@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import Project
 
@@ -95,9 +96,14 @@ def test_run_rejects_bad_manifest_with_exit_2(project: Project) -> None:
 
 
 def test_example_manifest_runs(project: Project) -> None:
-    completed = project.orchestrate(
-        "run", str(REPOSITORY / "configs" / "agents.example.yaml"), "--runs-dir", str(project.runs), "--json",
-    )
+    # The example as shipped, except that its output goes to the test's own folder, not the checkout's.
+    example = yaml.safe_load((REPOSITORY / "configs" / "agents.example.yaml").read_text(encoding="utf-8"))
+    example["source"] = str(REPOSITORY)
+    example["output"] = str(project.root / "generated")
+    manifest = project.root / "example.yaml"
+    manifest.write_text(yaml.safe_dump(example), encoding="utf-8")
+
+    completed = project.orchestrate("run", str(manifest), "--runs-dir", str(project.runs), "--json")
     result = json.loads(completed.stdout)
 
     assert completed.returncode == 0, completed.stderr
@@ -109,3 +115,5 @@ def test_example_manifest_runs(project: Project) -> None:
     report = json.loads((workspaces["static-check"] / "static-check" / "report.json").read_text())
     checked = {item["path"] for item in report["files"]}
     assert "orchestrator/cli.py" in checked
+    summary = (project.root / "generated" / "SUMMARY.md").read_text()
+    assert summary.count("## ") == 3
