@@ -25,7 +25,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from ..claims import Claim
 from ..layout import STATE_FOLDER
 from .fsops import (
     UnsafePath,
+    exchange,
     open_child_directory,
     open_directory,
     read_regular_file,
@@ -74,6 +75,7 @@ class PublishRequest:
         return f"{self.manifest_name}/{self.agent}"
 
 
+MAX_OPEN_FOLDERS = 256
 _RUN_START = re.compile(r"-(\d{8}-\d{6})-[0-9a-f]+$")
 
 
@@ -81,6 +83,14 @@ def run_start(run_id: str) -> str | None:
     """Return the UTC start stamp (YYYYmmdd-HHMMSS) that a run id carries, or None."""
     match = _RUN_START.search(run_id)
     return match.group(1) if match else None
+
+
+def _exists(folder_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def state_folder(output: Path) -> Path:
@@ -136,6 +146,8 @@ def publish_agent(request: PublishRequest) -> PublishReport:
         finally:
             committer.close()
             os.close(output_fd)
+    except UnsafePath as exc:
+        raise PublishError(f"publishing agent {request.agent} stopped: {exc}; nothing more was published") from exc
     except OSError as exc:
         raise PublishError(
             f"publishing agent {request.agent} into {request.output} failed: {exc.strerror or exc}"
@@ -174,18 +186,25 @@ class _Committer:
 
     def _folder(self, parts: tuple[str, ...]) -> int:
         """Open (creating) the output folder `parts`, one component at a time, reusing open folders."""
-        fd = self.folders.get(parts)
-        if fd is not None:
-            return fd
-        parent = self.output_fd if not parts[:-1] else self._folder(parts[:-1])
-        fd = self.output_fd if not parts else open_child_directory(parent, parts[-1], create=True)
-        self.folders[parts] = fd
+        known = len(parts)
+        while known > 0 and parts[:known] not in self.folders:
+            known -= 1
+        fd = self.folders[parts[:known]] if known else self.output_fd
+        for depth in range(known, len(parts)):
+            fd = open_child_directory(fd, parts[depth], create=True)
+            self.folders[parts[: depth + 1]] = fd
+        if len(self.folders) > MAX_OPEN_FOLDERS:
+            self._close_folders(keep=parts)
         return fd
 
+    def _close_folders(self, *, keep: tuple[str, ...]) -> None:
+        # Bounds the descriptors one publish holds; the folders of `keep` stay open for the caller.
+        for key in [key for key in self.folders if keep[: len(key)] != key]:
+            os.close(self.folders.pop(key))
+
     def close(self) -> None:
-        for parts, fd in self.folders.items():
-            if parts:
-                os.close(fd)
+        for fd in self.folders.values():
+            os.close(fd)
         self.folders.clear()
 
     def _commit_in(self, item: Staged, folder_fd: int) -> None:
@@ -224,9 +243,35 @@ class _Committer:
             self.report.published.append(Published(item.path, "unchanged", item.sha256, item.size))
             return
 
-        os.rename(item.staged_name, name, src_dir_fd=self.staging_fd, dst_dir_fd=folder_fd)
         action = "created" if existing is None else "replaced"
-        self._record(item, action)
+        try:
+            self._swap_in(item.staged_name, self.staging_fd, name, folder_fd, replacing=existing is not None,
+                          record=lambda: self._record(item, action))
+        except (IsADirectoryError, NotADirectoryError) as exc:
+            self._conflict(item, f"the output tree changed under this path during the publish ({exc.strerror})")
+
+    def _swap_in(
+        self, source: str, source_fd: int, name: str, folder_fd: int, *, replacing: bool, record: Callable[[], None]
+    ) -> None:
+        """Move `source` to `name`, then record it; if the record fails (a full disk), undo the move.
+
+        A replaced file is swapped out with renameat2's exchange, so it survives under the source
+        name until the record is written and can be swapped back; the swap is atomic for readers.
+        """
+        swapped = replacing and exchange(source_fd, source, folder_fd, name)
+        if not swapped:
+            os.rename(source, name, src_dir_fd=source_fd, dst_dir_fd=folder_fd)
+        try:
+            record()
+        except BaseException:
+            if swapped:
+                exchange(source_fd, source, folder_fd, name)
+            elif not replacing:
+                os.unlink(name, dir_fd=folder_fd)
+            # NOTE: without renameat2 a replaced file cannot be put back after a failed record.
+            raise
+        if swapped:
+            os.unlink(source, dir_fd=source_fd)
 
     def _append(self, item: Staged, folder_fd: int, name: str, existing: os.stat_result | None) -> None:
         owner = self.ledger.owner_of(item.path)
@@ -252,12 +297,17 @@ class _Committer:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
         except BaseException:
             os.unlink(temporary, dir_fd=folder_fd)
             raise
+        try:
+            self._swap_in(temporary, folder_fd, name, folder_fd, replacing=existing is not None,
+                          record=lambda: self._record(item, "appended"))
+        except BaseException:
+            if _exists(folder_fd, temporary):
+                os.unlink(temporary, dir_fd=folder_fd)
+            raise
         os.unlink(item.staged_name, dir_fd=self.staging_fd)
-        self._record(item, "appended")
 
     def _newer_run(self, path: str) -> str | None:
         """Return the run that last published `path` when it started after this one; None otherwise."""
@@ -299,9 +349,13 @@ class _Committer:
     def _conflict(self, item: Staged, reason: str) -> None:
         """Keep the rejected version as evidence under the run folder and report a write conflict."""
         evidence = self.request.run_dir / "conflicts" / self.request.agent / Path(*item.parts)
-        evidence.parent.mkdir(parents=True, exist_ok=True)
-        data, _info = read_regular_file(self.staging_fd, item.staged_name, max_bytes=item.size)
-        evidence.write_bytes(data)
+        try:
+            evidence.parent.mkdir(parents=True, exist_ok=True)
+            data, _info = read_regular_file(self.staging_fd, item.staged_name, max_bytes=item.size)
+            evidence.write_bytes(data)
+            kept = f"this agent's version is kept at {evidence}"
+        except OSError as exc:
+            kept = f"this agent's version could not be kept ({exc.strerror})"
         os.unlink(item.staged_name, dir_fd=self.staging_fd)
-        detail = f"{reason}; this agent's version is kept at {evidence}"
+        detail = f"{reason}; {kept}"
         self.report.findings.append(Finding(WRITE_CONFLICT, item.path, detail))

@@ -130,6 +130,22 @@ def read_regular_file(dir_fd: int, name: str, *, max_bytes: int) -> tuple[bytes,
         os.close(fd)
 
 
+RENAME_EXCHANGE = 2
+
+
+def exchange(source_dir_fd: int, source: str, target_dir_fd: int, target: str) -> bool:
+    """Swap two names atomically (renameat2 with RENAME_EXCHANGE); return False where it is unsupported."""
+    if _RENAMEAT2 is None:
+        return False
+    result = _RENAMEAT2(source_dir_fd, os.fsencode(source), target_dir_fd, os.fsencode(target), RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), target)
+
+
 def sync_filesystem(fd: int) -> None:
     """Flush every dirty page of the file system that contains `fd`, once for a whole batch."""
     if _SYNCFS is not None and _SYNCFS(fd) == 0:
@@ -151,3 +167,19 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 _SYNCFS = _load_syncfs()
+
+
+def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        function = ctypes.CDLL(name, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return, unused-ignore]
+
+
+_RENAMEAT2 = _load_renameat2()

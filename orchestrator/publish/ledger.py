@@ -9,6 +9,7 @@ record before it releases that lock, so the next holder always reads it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -78,6 +79,20 @@ class Ledger:
             self.owners.setdefault(path, str(record.get("owner")))
             self.latest_runs[path] = str(record.get("run"))
 
+    def _write_whole(self, line: bytes, before: int) -> None:
+        """Append `line` completely or not at all: a full disk must not leave half a record."""
+        if before > 0 and os.pread(self._fd, 1, before - 1) != b"\n":
+            # A publisher that died mid-write left half a line; end it, so this record stays whole.
+            line = b"\n" + line
+        try:
+            written = os.write(self._fd, line)
+        except OSError:
+            os.ftruncate(self._fd, before)
+            raise
+        if written != len(line):
+            os.ftruncate(self._fd, before)
+            raise OSError(errno.ENOSPC, "the ledger record was cut short; no space left on device")
+
     def _lock_ledger(self) -> None:
         deadline = time.monotonic() + self.room.timeout
         while True:
@@ -113,7 +128,7 @@ class Ledger:
         self._lock_ledger()
         try:
             before = os.fstat(self._fd).st_size
-            os.write(self._fd, line)
+            self._write_whole(line, before)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._index(line)

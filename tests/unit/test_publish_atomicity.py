@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import orchestrator.publish as publish_module
+
 from orchestrator.publish import PublishError, publish_agent, state_folder
 
 from .test_publish_support import (
@@ -41,6 +43,16 @@ def fail_nth_rename(monkeypatch: pytest.MonkeyPatch, failing_call: int) -> list[
         real_rename(*args, **kwargs)
 
     monkeypatch.setattr("orchestrator.publish.os.rename", rename)
+    real_exchange: Callable[..., bool] = publish_module.exchange
+
+    def exchange(*args: object) -> bool:
+        # A replacement swaps names with renameat2; count it as the move it is.
+        calls.append(1)
+        if len(calls) == failing_call:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_exchange(*args)
+
+    monkeypatch.setattr("orchestrator.publish.exchange", exchange)
     return calls
 
 
@@ -99,3 +111,31 @@ def test_failed_append_rename_leaves_no_temporary(tmp_path: Path, monkeypatch: p
 
     assert (output / SUMMARY).read_bytes() == b"alpha\n"
     check_no_debris(output)
+
+
+@pytest.mark.parametrize("failing_record", [1, 3])
+def test_failed_ledger_write_undoes_move(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_record: int) -> None:
+    # A full disk that refuses the ledger record must leave the file as it was, not published unrecorded.
+    output = tmp_path / "output"
+    write_files(make_request(tmp_path, "writer", run_id="run-1").workspace, OLD)
+    publish_agent(make_request(tmp_path, "writer", run_id="run-1"))
+    request = make_request(tmp_path, "writer", run_id="run-2")
+    write_files(request.workspace, NEW)
+    calls: list[int] = []
+    real_write = publish_module.Ledger._write_whole
+
+    def write_whole(ledger: object, line: bytes, before: int) -> None:
+        calls.append(1)
+        if len(calls) == failing_record:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(ledger, line, before)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(publish_module.Ledger, "_write_whole", write_whole)
+
+    with pytest.raises(PublishError, match="free some disk space"):
+        publish_agent(request)
+
+    files = tree_files(output)
+    assert sum(files[path] == NEW[path] for path in files) == failing_record - 1
+    check_no_debris(output)
+    check_ledger_matches_tree(output)
