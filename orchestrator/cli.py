@@ -272,14 +272,17 @@ def provenance(
 
 @audit_app.command("verify")
 def audit_verify(
-    run_folder: Annotated[Path, typer.Argument(help="The run folder (runs/<run-id>) or its audit.jsonl.")],
+    run_folder: Annotated[Path, typer.Argument(help="The run folder (runs/<run-id>) or an audit log file.")],
+    head: Annotated[
+        str | None, typer.Option("--head", help="The head hash printed at the end of the run, kept elsewhere.")
+    ] = None,
 ) -> None:
     """Check that a run's audit log is intact: exit 0 if it is, 1 naming the first bad record if not."""
 
     def body() -> int:
         from .audit_check import check_run_log
 
-        ok, message = check_run_log(run_folder)
+        ok, message = check_run_log(run_folder, expected_head=head)
         typer.echo(message, err=not ok)
         return 0 if ok else 1
 

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .layout import STATE_FOLDER
+
 # Credential stores below a home directory.
 CREDENTIAL_STORES = (
     ".ssh",
@@ -62,6 +64,8 @@ SOURCE_SCAN_LIMIT = 500_000
 class Finding:
     path: Path
     reason: str
+    # True for a folder to hide behind an empty mount rather than a reason to reject the source.
+    mask: bool = False
 
 
 def home_directories() -> list[Path]:
@@ -193,6 +197,9 @@ def scan_source(root: Path, *, skip: Iterable[Path] = ()) -> Iterator[Finding]:
                 yield Finding(entry_path, "is a Unix socket, usable even through a read-only mount")
             elif stat.S_ISREG(mode) and is_dotenv(entry.name):
                 yield Finding(entry_path, "is a .env file, which usually holds secrets")
+            elif stat.S_ISDIR(mode) and entry.name == STATE_FOLDER and _is_state_folder(entry_path):
+                # Another output tree's locks and ledger: an agent that can open a lock file can hold it.
+                yield Finding(entry_path, "is an output tree's state folder", mask=True)
             elif stat.S_ISDIR(mode):
                 # A folder on another device is a mount point, even one that mountinfo did not name.
                 if entry.stat(follow_symlinks=False).st_dev != root_device:
@@ -201,6 +208,10 @@ def scan_source(root: Path, *, skip: Iterable[Path] = ()) -> Iterator[Finding]:
                                       "mounts writable even in a read-only bind")
                     continue
                 pending.append(entry_path)
+
+
+def _is_state_folder(path: Path) -> bool:
+    return (path / "ledger.jsonl").exists() or (path / "locks").is_dir()
 
 
 def _mount_points_below(root: Path) -> list[Path]:

@@ -101,6 +101,9 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
 
     if source.is_dir() and not any(problem.field == "source" for problem in problems):
         for finding in scan_source(source, skip=masks):
+            if finding.mask:
+                masks.append(finding.path)
+                continue
             reject(("source",), f"{finding.path} {finding.reason}; move it out of the source "
                    "or point source at a folder without it")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,11 +182,12 @@ def _last_output_line(log_path: Path) -> str | None:
     return "last output: " + (last if len(last) <= 160 else last[:157] + "...")
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def printable(text: str) -> str:
-    """Escape control characters, so names an agent chose cannot rewrite the terminal's summary."""
-    if all(32 <= ord(char) != 127 for char in text):
-        return text
-    return "".join(char if 32 <= ord(char) != 127 else f"\\x{ord(char):02x}" for char in text)
+    """Escape control characters and bidi overrides, so names an agent chose cannot rewrite the summary."""
+    return _UNPRINTABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 @dataclass

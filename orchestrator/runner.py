@@ -28,7 +28,8 @@ def plan_manifest(
     plan = build_plan(
         loaded,
         facts,
-        runs_root=runs_root.absolute(),
+        # Resolved, so a runs folder named through a symlink or '..' is checked where it really is.
+        runs_root=Path(os.path.realpath(runs_root)),
         run_id=run_id or new_run_id(manifest.name),
     )
     return plan

@@ -35,6 +35,8 @@ from .workers import Workers
 log = logging.getLogger(__name__)
 
 LOG_LIMIT_BYTES = 64 * 1024 * 1024
+# Each violation record is flushed to disk; an agent that plants 100,000 bad files gets a summary record.
+MAX_AUDITED_FINDINGS = 1000
 EVIDENCE_DEADLINE = 120.0
 WAIT_RECONNECT_ATTEMPTS = 30
 
@@ -63,6 +65,8 @@ class Supervisor:
         self._log: AuditLog | None = None
         self._audit_failed: str | None = None
         self._lifelines: dict[str, Lifeline] = {}
+        # Stopped containers kept because their evidence could not be saved; the sweep leaves them.
+        self._kept: set[str] = set()
 
     def _audit(self, kind: str, **fields: object) -> None:
         if self._log is None:
@@ -114,6 +118,10 @@ class Supervisor:
         except OSError as exc:
             log.error("the result could not be written to %s: %s", self.plan.run_dir / "result.json", exc)
         log.info("run %s ended in %.2f s: %s", self.plan.run_id, result.seconds, result.headline())
+        if result.audit_head:
+            # Printed, so CI logs keep a copy of the anchor outside the run folder.
+            log.info("audit log head: %s (check with `orchestrate audit verify %s --head %s`)",
+                     result.audit_head, self.plan.run_dir, result.audit_head)
         return result
 
     def _audit_run_start(self) -> None:
@@ -304,6 +312,7 @@ class Supervisor:
             result.fail("evidence-missing", f"evidence could not be saved: {exc}")
         except OSError as exc:
             # The engine still keeps the evidence, so the stopped container is kept rather than removed.
+            self._kept.add(container_id)
             result.fail(
                 "evidence-missing",
                 f"evidence could not be written to {self.plan.run_dir} ({exc.strerror}); the stopped container "
@@ -326,7 +335,9 @@ class Supervisor:
         publish = result.may_publish()
         try:
             report = await self.workers.stop_call(self._publish_in_thread, agent, publish)
-        except (PublishError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one agent's publish must never end the whole run.
+            if not isinstance(exc, PublishError | OSError):
+                log.exception("agent %s: publishing failed unexpectedly", agent.name)
             log.error("agent %s: publishing failed: %s", agent.name, exc)
             self._audit("violation", agent=agent.name, violation="publish-failed", detail=str(exc))
             result.fail("error", f"publishing failed: {exc}")
@@ -346,9 +357,12 @@ class Supervisor:
             if item.action != "unchanged":
                 self._audit("publish", agent=agent.name, path=item.path, action=item.action,
                             sha256=item.sha256, size=item.size)
-        for finding in report.findings:
+        for finding in report.findings[:MAX_AUDITED_FINDINGS]:
             kind = "conflict" if finding.kind == "write-conflict" else "violation"
             self._audit(kind, agent=agent.name, violation=finding.kind, path=finding.path, detail=finding.detail)
+        if len(report.findings) > MAX_AUDITED_FINDINGS:
+            self._audit("violation", agent=agent.name, violation="more-findings",
+                        detail=f"{len(report.findings) - MAX_AUDITED_FINDINGS} more findings; see the publish report")
         return report
 
     async def _sweep_leftovers(self) -> None:
@@ -368,6 +382,8 @@ class Supervisor:
         log.warning("stopping %d container(s) of run %s that were not yet recorded", len(leftovers), self.plan.run_id)
         await stop_all(self.runtime, self.workers, leftovers, grace=0, force=self.force)
         for container_id in leftovers:
+            if container_id in self._kept:
+                continue
             try:
                 await self.workers.stop_call(self.runtime.remove, container_id)
             except (RuntimeFailure, DockerUnavailable) as exc:

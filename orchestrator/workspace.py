@@ -7,6 +7,7 @@ cannot write it, or the agent's files end up unreadable for the orchestrator.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -74,7 +75,9 @@ def scan(root: Path) -> WorkspaceScan:
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            result.findings.append(f"{_relative(folder, root)}: cannot be read ({exc.strerror})")
+            # A path past the system's length limit is not hidden; the publisher reaches it by descriptors.
+            if exc.errno != errno.ENAMETOOLONG:
+                result.findings.append(f"{_relative(folder, root)}: cannot be read ({exc.strerror})")
             continue
         for entry in entries:
             try:

@@ -85,6 +85,20 @@ def run_start(run_id: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _remove_abandoned_staging(parent: Path) -> None:
+    """Delete staging folders of publishers that died; each name ends with the publisher's PID and a tag."""
+    for folder in parent.iterdir():
+        parts = folder.name.rsplit("-", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass  # The process exists, under another user.
+
+
 def _exists(folder_fd: int, name: str) -> bool:
     try:
         os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
@@ -125,6 +139,7 @@ def publish_agent(request: PublishRequest) -> PublishReport:
         room = LockRoom(state, run_id=request.run_id, timeout=request.lock_timeout)
         room.register([request.agent])
         make_shared_folder(staging.parent)
+        _remove_abandoned_staging(staging.parent)
         staging.mkdir(mode=0o700)
         ledger = Ledger(state, room)
         ledger.open()

@@ -67,17 +67,26 @@ def stage_workspace(
     """
     walk = _Walk(staging_fd=staging_fd, claims=claims, shared=shared, limits=limits)
     root_fd = open_directory(workspace)
-    pending: list[tuple[tuple[str, ...], int]] = [((), root_fd)]
+    # Folders wait as names, not open descriptors, so a workspace of many folders cannot exhaust them.
+    pending: Pending = [()]
     try:
         while pending and not walk.stopped:
-            parts, folder_fd = pending.pop()
+            parts = pending.pop()
+            try:
+                folder_fd = _open_chain(root_fd, parts)
+            except UnsafePath:
+                walk.findings.append(Finding(ESCAPE_ATTEMPT, "/".join(parts), "a folder on the way became a symlink"))
+                continue
+            except OSError as exc:
+                walk.findings.append(Finding(UNREADABLE, "/".join(parts), f"cannot be opened ({exc.strerror})"))
+                continue
             try:
                 _walk_folder(walk, parts, folder_fd, pending)
             finally:
-                os.close(folder_fd)
+                if folder_fd != root_fd:
+                    os.close(folder_fd)
     finally:
-        for _parts, folder_fd in pending:
-            os.close(folder_fd)
+        os.close(root_fd)
 
     _drop_outside_hard_links(walk)
     walk.staged.sort(key=lambda item: item.path)
@@ -85,7 +94,20 @@ def stage_workspace(
     return walk.staged, walk.findings, walk.notices
 
 
-Pending = list[tuple[tuple[str, ...], int]]
+Pending = list[tuple[str, ...]]
+MAX_DEPTH = 64
+MAX_PATH_BYTES = 3000
+
+
+def _open_chain(root_fd: int, parts: tuple[str, ...]) -> int:
+    """Open root/parts[0]/.../parts[-1] one component at a time, never following a symlink."""
+    fd = root_fd
+    for part in parts:
+        child = open_child_directory(fd, part)
+        if fd != root_fd:
+            os.close(fd)
+        fd = child
+    return fd
 
 
 def _walk_folder(walk: _Walk, parts: tuple[str, ...], folder_fd: int, pending: Pending) -> None:
@@ -125,12 +147,10 @@ def _visit(
     if stat.S_ISLNK(mode):
         _visit_symlink(walk, parts, folder_fd, name, path)
     elif stat.S_ISDIR(mode):
-        try:
-            pending.append(((*parts, name), open_child_directory(folder_fd, name)))
-        except UnsafePath:
-            walk.findings.append(Finding(ESCAPE_ATTEMPT, path, "the folder was replaced by a symlink during the scan"))
-        except OSError as exc:
-            walk.findings.append(Finding(UNREADABLE, path, f"cannot be opened ({exc.strerror})"))
+        if len(parts) + 1 >= MAX_DEPTH:
+            walk.findings.append(Finding(LIMIT_EXCEEDED, path, f"folders nested deeper than {MAX_DEPTH} levels"))
+        else:
+            pending.append((*parts, name))
     elif stat.S_ISREG(mode):
         _visit_file(walk, parts, folder_fd, name, path, info)
     else:
@@ -154,6 +174,9 @@ def _visit_symlink(walk: _Walk, parts: tuple[str, ...], folder_fd: int, name: st
 def _visit_file(
     walk: _Walk, parts: tuple[str, ...], folder_fd: int, name: str, path: str, info: os.stat_result
 ) -> None:
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        walk.findings.append(Finding(LIMIT_EXCEEDED, path[:80] + "...", f"path longer than {MAX_PATH_BYTES} bytes"))
+        return
     if walk.claims and not any(claim.matches(path) for claim in walk.claims):
         patterns = ", ".join(claim.pattern for claim in walk.claims)
         walk.findings.append(Finding(CLAIM_VIOLATION, path, f"outside this agent's claims ({patterns})"))
@@ -245,7 +268,8 @@ def _drop_outside_hard_links(walk: _Walk) -> None:
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+# C0 and C1 control characters, and the bidirectional overrides that can reorder text on a terminal.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def name_problem(name: str, *, top_level: bool) -> str | None:
@@ -284,5 +308,5 @@ def _special_kind(mode: int) -> str:
 
 def _printable(text: str) -> str:
     """Escape control characters and undecodable bytes, so a finding cannot rewrite the terminal."""
-    escaped = "".join(char if 32 <= ord(char) != 127 else f"\\x{ord(char):02x}" for char in text)
+    escaped = _CONTROL.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
     return escaped.encode("utf-8", errors="backslashreplace").decode("utf-8")

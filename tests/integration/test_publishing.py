@@ -88,7 +88,7 @@ def test_limits_and_claims_reported(escape_run: dict[str, Any]) -> None:
     assert "out/big.bin" in findings["limit-exceeded"]
     assert len(findings["limit-exceeded"]) == 2
     assert findings["claim-violation"] == {"stray.txt"}
-    assert findings["invalid-name"] == {"out/bad\\x1bname"}
+    assert findings["invalid-name"] == {"out/bad\\u001bname"}
 
 
 def test_only_safe_files_published(escape_run: dict[str, Any]) -> None:
