@@ -266,3 +266,34 @@ def test_rewritten_audit_log_detected(project: Project, audited_run: Path) -> No
     completed = _verify(project, audited_run)
 
     assert completed.returncode == 1
+
+
+def test_audit_head_option_checked(project: Project, audited_run: Path) -> None:
+    head = json.loads((audited_run / "result.json").read_text())["audit_head"]
+
+    matching = project.orchestrate("audit", "verify", str(audited_run), "--head", head)
+    wrong = project.orchestrate("audit", "verify", str(audited_run), "--head", "0" * 64)
+
+    assert matching.returncode == 0, matching.stderr
+    assert wrong.returncode == 1
+
+
+def test_audit_log_without_anchor_rejected(project: Project, audited_run: Path) -> None:
+    (audited_run / "result.json").unlink()
+
+    completed = _verify(project, audited_run)
+
+    assert completed.returncode == 1
+    assert "--head" in completed.stderr
+
+
+def test_audit_log_of_other_run_rejected(project: Project, audited_run: Path) -> None:
+    impostor = audited_run.parent / f"{audited_run.name}-copy"
+    impostor.mkdir()
+    for name in ("audit.jsonl", "result.json"):
+        (impostor / name).write_bytes((audited_run / name).read_bytes())
+
+    completed = _verify(project, impostor)
+
+    assert completed.returncode == 1
+    assert "belongs to run" in completed.stderr
