@@ -20,8 +20,8 @@ WRAPPER_NAME = "orchestrate-lifeline"
 
 # "$@" is the agent's command. `kill -KILL -1` signals every process this user may
 # signal in the container's PID namespace: all of the agent's processes and the wrapper.
-# As root it would reach far more (on a host: everything), so root only kills its own process
-# group; orchestrate never runs an agent as root. The watcher starts before the agent, so an
+# As root it would reach far more (on a host: everything). So root only kills its own process
+# group, and orchestrate never runs an agent as root anyway. The watcher starts before the agent, so an
 # agent that uses up its process limit at once cannot keep the watcher from starting.
 # The watcher reads the input through descriptor 3, because sh gives a background job
 # /dev/null as its standard input; the agent itself gets neither.

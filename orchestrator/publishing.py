@@ -1,7 +1,7 @@
 """`orchestrate publish`: publish the workspaces of a recorded run again.
 
-Only agents that exited cleanly in the run are published, as during the run;
-the others are checked and their findings reported, unless `force` is set. A
+Only agents that exited cleanly in the run are published, as during the run.
+The others are checked and their findings reported, unless `force` is set. A
 republish is recorded in an audit log of its own, `audit-publish-<time>.jsonl`
 in the run folder, because the run's own log ends with its run-end record.
 """

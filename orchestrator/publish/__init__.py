@@ -270,8 +270,9 @@ class _Committer:
     ) -> None:
         """Move `source` to `name`, then record it; if the record fails (a full disk), undo the move.
 
-        A replaced file is swapped out with renameat2's exchange, so it survives under the source
-        name until the record is written and can be swapped back; the swap is atomic for readers.
+        A replaced file is swapped out with renameat2's exchange, which readers see as one step.
+        The old file then survives under the source name until the record is written, so it can
+        be swapped back.
         """
         swapped = replacing and exchange(source_fd, source, folder_fd, name)
         if not swapped:
