@@ -38,6 +38,15 @@ install_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
+# A killed dockerd can linger as a zombie, which `kill -0` still reports as alive;
+# only a running process named dockerd counts.
+dockerd_alive() {
+    local pid=$1
+    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] || return 1
+    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
+
 start_docker() {
     docker info >/dev/null 2>&1 && return 0
     [ "$(id -u)" -eq 0 ] || fail "the Docker engine is not reachable; start it (sudo systemctl start docker) \
@@ -48,7 +57,7 @@ and add yourself to the docker group (sudo usermod -aG docker \"$USER\", then lo
     else
         # Without systemd, start dockerd ourselves. A pid file left by a dockerd that
         # was killed makes a new one refuse to start, so remove it when no such process lives.
-        if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+        if [ -f /var/run/docker.pid ] && ! dockerd_alive "$(cat /var/run/docker.pid)"; then
             say "removing the stale /var/run/docker.pid"
             rm -f /var/run/docker.pid
         fi
