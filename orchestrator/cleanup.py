@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .errors import InputError
-from .plan import LABEL_AGENT, LABEL_RUN, RunPlan
+from .plan import LABEL_AGENT, LABEL_RUN, RUN_ID_PATTERN, RunPlan
 from .runtime.docker import DockerRuntime
 from .workspace import remove_tree
-
-RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 def _workspaces_outside(run_folder: Path) -> list[Path]:
@@ -29,7 +26,7 @@ def _workspaces_outside(run_folder: Path) -> list[Path]:
 
 def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove_files: bool) -> str:
     """Force-remove the containers of one run (or of every run); return a report."""
-    if run_id is not None and not RUN_ID.fullmatch(run_id):
+    if run_id is not None and not RUN_ID_PATTERN.fullmatch(run_id):
         raise InputError(f"invalid run id '{run_id}'; copy it from the run's summary or from {runs_root}/")
     if remove_files and run_id is None:
         raise InputError("--remove-files needs a RUN; name the run whose folder should be deleted")

@@ -7,6 +7,7 @@ a `RunPlan`, or raises `PlanError` listing every unsafe or impossible setting.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -136,6 +137,10 @@ class RunPlan(Frozen):
     agents: tuple[AgentPlan, ...]
     shared: tuple[SharedPlan, ...]
     weakenings: tuple[str, ...] = ()
+
+
+# What a run id may look like when a user types one: the shape new_run_id makes, and nothing with '/'.
+RUN_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 def new_run_id(manifest_name: str) -> str:

@@ -9,25 +9,25 @@ in the run folder, because the run's own log ends with its run-end record.
 from __future__ import annotations
 
 import json
-import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .audit import AuditLog
 from .errors import InputError
-from .plan import AgentPlan, RunPlan
-from .publish import PublishReport, check_workspace, publish_agent
-from .supervisor import publish_request
+from .plan import RUN_ID_PATTERN, AgentPlan, RunPlan
+from .publish import PublishLimits, PublishReport, PublishRequest, check_workspace, publish_agent
 
-RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
+# Each violation record is flushed to disk; an agent that plants 100,000 bad files gets a summary record.
+MAX_AUDITED_FINDINGS = 1000
 # States in which the agent's container exited by itself with code 0.
 CLEAN_STATES = ("succeeded", "violation")
 
 
 def publish_run(runs_root: Path, run_id: str, agent: str | None, *, force: bool = False) -> list[PublishReport]:
     """Publish one agent (or every agent) of a run, from the plan and result saved in its run folder."""
-    if not RUN_ID.fullmatch(run_id):
+    if not RUN_ID_PATTERN.fullmatch(run_id):
         raise InputError(f"invalid run id '{run_id}'; copy it from the run's summary or from {runs_root}/")
     run_dir = runs_root / run_id
     plan_path = run_dir / "plan.json"
@@ -71,11 +71,33 @@ def _publish_one(
     else:
         report = publish_agent(request)
 
+    audit_report(audit.append, agent.name, report)
+    return report
+
+
+def audit_report(append: Callable[..., object], agent: str, report: PublishReport) -> None:
+    """Record each published file and each finding of one agent's publish in an audit log."""
     for item in report.published:
         if item.action != "unchanged":
-            audit.append("publish", agent=agent.name, path=item.path, action=item.action, sha256=item.sha256,
-                         size=item.size)
-    for finding in report.findings:
+            append("publish", agent=agent, path=item.path, action=item.action, sha256=item.sha256, size=item.size)
+    for finding in report.findings[:MAX_AUDITED_FINDINGS]:
         kind = "conflict" if finding.kind == "write-conflict" else "violation"
-        audit.append(kind, agent=agent.name, violation=finding.kind, path=finding.path, detail=finding.detail)
-    return report
+        append(kind, agent=agent, violation=finding.kind, path=finding.path, detail=finding.detail)
+    if len(report.findings) > MAX_AUDITED_FINDINGS:
+        more = len(report.findings) - MAX_AUDITED_FINDINGS
+        append("violation", agent=agent, violation="more-findings", detail=f"{more} more findings; see the report")
+
+
+def publish_request(plan: RunPlan, agent: AgentPlan) -> PublishRequest:
+    """Build the publisher's request for one agent of a plan."""
+    return PublishRequest(
+        output=plan.output,
+        run_id=plan.run_id,
+        run_dir=plan.run_dir,
+        manifest_name=plan.manifest_name,
+        agent=agent.name,
+        workspace=agent.workspace,
+        claims=agent.writes,
+        shared=[(item.path, item.mode) for item in plan.shared],
+        limits=PublishLimits(**agent.publish_limits.model_dump()),
+    )

@@ -23,8 +23,10 @@ from anyio.abc import TaskStatus
 from . import workspace
 from .audit import AuditLog
 from .errors import DockerUnavailable
+from .limits import is_dropped_limit, limit_problem
 from .plan import LABEL_RUN, AgentPlan, RunPlan
-from .publish import PublishError, PublishLimits, PublishReport, PublishRequest, check_workspace, publish_agent
+from .publish import PublishError, PublishReport, check_workspace, publish_agent
+from .publishing import audit_report, publish_request
 from .results import AgentResult, RunResult
 from .runtime import Lifeline, Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
@@ -35,8 +37,6 @@ from .workers import Workers
 log = logging.getLogger(__name__)
 
 LOG_LIMIT_BYTES = 64 * 1024 * 1024
-# Each violation record is flushed to disk; an agent that plants 100,000 bad files gets a summary record.
-MAX_AUDITED_FINDINGS = 1000
 EVIDENCE_DEADLINE = 120.0
 WAIT_RECONNECT_ATTEMPTS = 30
 
@@ -210,7 +210,7 @@ class Supervisor:
             result.fail("error", str(exc))
             return False
 
-        dropped = [warning for warning in warnings if _is_dropped_limit(warning)]
+        dropped = [warning for warning in warnings if is_dropped_limit(warning)]
         for warning in warnings:
             log.warning("agent %s: the engine warned: %s", agent.name, warning)
         if dropped:
@@ -353,16 +353,7 @@ class Supervisor:
         request = publish_request(self.plan, agent)
         report = publish_agent(request) if publish else check_workspace(request)
         _write_json(agent.log_path.with_suffix(".publish.json"), report.to_json())
-        for item in report.published:
-            if item.action != "unchanged":
-                self._audit("publish", agent=agent.name, path=item.path, action=item.action,
-                            sha256=item.sha256, size=item.size)
-        for finding in report.findings[:MAX_AUDITED_FINDINGS]:
-            kind = "conflict" if finding.kind == "write-conflict" else "violation"
-            self._audit(kind, agent=agent.name, violation=finding.kind, path=finding.path, detail=finding.detail)
-        if len(report.findings) > MAX_AUDITED_FINDINGS:
-            self._audit("violation", agent=agent.name, violation="more-findings",
-                        detail=f"{len(report.findings) - MAX_AUDITED_FINDINGS} more findings; see the publish report")
+        audit_report(self._audit, agent.name, report)
         return report
 
     async def _sweep_leftovers(self) -> None:
@@ -388,45 +379,6 @@ class Supervisor:
                 await self.workers.stop_call(self.runtime.remove, container_id)
             except (RuntimeFailure, DockerUnavailable) as exc:
                 log.error("could not remove container %s: %s", container_id[:12], exc)
-
-
-def publish_request(plan: RunPlan, agent: AgentPlan) -> PublishRequest:
-    """Build the publisher's request for one agent of a plan."""
-    return PublishRequest(
-        output=plan.output,
-        run_id=plan.run_id,
-        run_dir=plan.run_dir,
-        manifest_name=plan.manifest_name,
-        agent=agent.name,
-        workspace=agent.workspace,
-        claims=agent.writes,
-        shared=[(item.path, item.mode) for item in plan.shared],
-        limits=PublishLimits(**agent.publish_limits.model_dump()),
-    )
-
-
-def limit_problem(agent: AgentPlan, pids: int | None, memory: int | None, cpus: float | None = None) -> str | None:
-    """Compare the limits read from the cgroup with the planned ones; None when they match."""
-    planned = agent.container.limits
-    if pids is None or memory is None:
-        return "unverified limits: the container's cgroup could not be read from this process"
-    if pids != planned.pids:
-        shown = "no limit" if pids == 0 else str(pids)
-        return f"pids limit not in force: planned {planned.pids}, cgroup has {shown}"
-    # cgroup v1 rounds the memory limit down to a whole page.
-    if memory == 0 or memory > planned.memory or memory < planned.memory - 64 * 1024:
-        shown = "no limit" if memory == 0 else str(memory)
-        return f"memory limit not in force: planned {planned.memory}, cgroup has {shown}"
-    if cpus is not None and (cpus == 0 or abs(cpus - planned.cpus) > 0.01):
-        shown = "no limit" if cpus == 0 else f"{cpus:g}"
-        return f"CPU limit not in force: planned {planned.cpus:g}, cgroup has {shown}"
-    return None
-
-
-def _is_dropped_limit(warning: str) -> bool:
-    # A missing swap limit leaves the memory limit in force, so that warning alone is accepted.
-    text = warning.lower()
-    return "discarded" in text or ("not support" in text and "swap" not in text)
 
 
 def redact_environment(inspect: dict[str, Any]) -> dict[str, Any]:

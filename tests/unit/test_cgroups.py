@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.limits import is_dropped_limit, limit_problem
 from orchestrator.plan import AgentPlan, RunPlan
 from orchestrator.runtime import EffectiveLimits
 from orchestrator.runtime.cgroups import parse_membership, read_effective_limits
-from orchestrator.supervisor import _is_dropped_limit, limit_problem
 
 from .conftest import agent, manifest_data
 
@@ -220,4 +220,4 @@ WARNING_CASES = [
 
 @pytest.mark.parametrize(("warning", "dropped"), WARNING_CASES)
 def test_dropped_limit_warning(warning: str, dropped: bool) -> None:
-    assert _is_dropped_limit(warning) is dropped
+    assert is_dropped_limit(warning) is dropped
