@@ -15,6 +15,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
+from typing import Any
 
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer appears.
@@ -153,33 +154,21 @@ def sync_filesystem(fd: int) -> None:
     os.sync()
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
+def _libc_function(name: str, argument_types: list[Any]) -> Any:
+    """Return a C library function that Python's os module lacks, or None where it does not exist."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     try:
-        function = ctypes.CDLL(name, use_errno=True).syncfs
+        function = getattr(ctypes.CDLL(library, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int]
+    function.argtypes = argument_types
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return, unused-ignore]
+    return function
 
 
-_SYNCFS = _load_syncfs()
-
-
-def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        function = ctypes.CDLL(name, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return, unused-ignore]
-
-
-_RENAMEAT2 = _load_renameat2()
+_SYNCFS: Callable[[int], int] | None = _libc_function("syncfs", [ctypes.c_int])
+_RENAMEAT2: Callable[[int, bytes, int, bytes, int], int] | None = _libc_function(
+    "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+)
