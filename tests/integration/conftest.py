@@ -76,7 +76,9 @@ class Project:
         path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
         return path
 
-    def orchestrate(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def orchestrate(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*ORCHESTRATE, *args], capture_output=True, text=True, timeout=timeout,
             env=env or _clean_environment(), cwd=self.root, check=False,
@@ -93,13 +95,15 @@ class Project:
         try:
             document = json.loads(completed.stdout)
         except json.JSONDecodeError:
-            pytest.fail(f"orchestrate run printed no JSON (exit {completed.returncode}):\n{completed.stdout}\n{completed.stderr}")
+            pytest.fail(
+                f"orchestrate run printed no JSON (exit {completed.returncode}):\n"
+                f"{completed.stdout}\n{completed.stderr}"
+            )
         return completed.returncode, document
 
     def containers(self, *, all_states: bool = True) -> list[Any]:
         """Return the containers of every run of this project's manifest name."""
-        found = self.client.containers.list(all=all_states, filters={"label": "orchestrate.run"})
-        return [item for item in found if item.labels.get("orchestrate.run", "").startswith(self.name + "-")]
+        return project_containers(self.client, self.name, all_states=all_states)
 
     def wait_for_running(self, count: int, *, deadline: float = 60) -> list[Any]:
         end = time.monotonic() + deadline
@@ -109,6 +113,24 @@ class Project:
                 return running
             time.sleep(0.1)
         pytest.fail(f"{count} running container(s) of {self.name} did not appear within {deadline} s")
+
+
+def project_containers(client: docker.DockerClient, prefix: str, *, all_states: bool = True) -> list[Any]:
+    """Return the containers whose run id starts with `prefix`.
+
+    The SDK's containers.list inspects each container after listing it, and raises when
+    orchestrate removes one in between; this lists with the low-level call and skips those.
+    """
+    listed = client.api.containers(all=all_states, filters={"label": "orchestrate.run"})
+    found = []
+    for item in listed:
+        if not (item.get("Labels") or {}).get("orchestrate.run", "").startswith(prefix + "-"):
+            continue
+        try:
+            found.append(client.containers.get(item["Id"]))
+        except docker.errors.NotFound:
+            continue
+    return found
 
 
 def _clean_environment() -> dict[str, str]:
