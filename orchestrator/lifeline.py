@@ -12,6 +12,9 @@ container, so it gives agents no channel to each other.
 The wrapper runs the agent's command with /dev/null as input and forwards
 SIGTERM and SIGINT to it, so a normal stop still reaches the agent first. It
 needs /bin/sh in the image.
+
+NOTE: the watcher runs as the agent's user, so a hostile agent can kill it and
+outlive a dead orchestrate; the switch covers orchestrate's death, not that.
 """
 
 from __future__ import annotations
