@@ -12,9 +12,6 @@ container, so it gives agents no channel to each other.
 The wrapper runs the agent's command with /dev/null as input and forwards
 SIGTERM and SIGINT to it, so a normal stop still reaches the agent first. It
 needs /bin/sh in the image.
-
-NOTE: the watcher runs as the agent's user, so a hostile agent can kill it and
-outlive a dead orchestrate; the switch covers orchestrate's death, not that.
 """
 
 from __future__ import annotations
@@ -24,23 +21,45 @@ WRAPPER_NAME = "orchestrate-lifeline"
 # "$@" is the agent's command. `kill -KILL -1` signals every process this user may
 # signal in the container's PID namespace: all of the agent's processes and the wrapper.
 # As root it would reach far more (on a host: everything). So root only kills its own process
-# group, and orchestrate never runs an agent as root anyway. The watcher starts before the agent, so an
-# agent that uses up its process limit at once cannot keep the watcher from starting.
-# The watcher reads the input through descriptor 3, because sh gives a background job
-# /dev/null as its standard input; the agent itself gets neither.
+# group, and orchestrate never runs an agent as root anyway. The watcher starts before the
+# agent, so an agent that uses up its process limit at once cannot keep it from starting.
+# The wrapper is the engine init's only child, so the container ends when the wrapper
+# ends. It runs the agent in a runner subshell that reports the agent's exit code by
+# file and SIGUSR1, and waits on a watcher that reads the input through descriptor 3
+# (sh gives background jobs /dev/null as input otherwise). Whatever ends the watcher,
+# end of input or an agent that kills it, ends every process of the agent: the switch
+# fails closed, and the wrapper, which kill -1 spares, exits as if killed (137).
+# An agent that kills the wrapper itself ends its own container.
 WRAPPER_SCRIPT = """\
-trap 'kill -TERM "$child" 2>/dev/null' TERM
-trap 'kill -INT "$child" 2>/dev/null' INT
+main=$$
+exit_file=/tmp/.orchestrate-exit-$$
+trap 'kill -TERM "$runner" 2>/dev/null' TERM
+trap 'kill -INT "$runner" 2>/dev/null' INT
+trap 'code=$(cat "$exit_file" 2>/dev/null); exit "${code:-1}"' USR1
 exec 3<&0
-{ cat <&3 >/dev/null; if [ "$(id -u)" -ne 0 ]; then kill -KILL -1; else kill -KILL 0; fi; } &
+cat <&3 >/dev/null &
+watcher=$!
 exec 3<&-
-"$@" </dev/null &
-child=$!
+(
+    trap 'kill -TERM "$agent" 2>/dev/null' TERM
+    trap 'kill -INT "$agent" 2>/dev/null' INT
+    "$@" </dev/null &
+    agent=$!
+    while :; do
+        wait "$agent"
+        code=$?
+        kill -0 "$agent" 2>/dev/null || break
+    done
+    echo "$code" >"$exit_file"
+    kill -USR1 "$main"
+) 3<&- &
+runner=$!
 while :; do
-    wait "$child"
-    code=$?
-    kill -0 "$child" 2>/dev/null || exit "$code"
+    wait "$watcher"
+    kill -0 "$watcher" 2>/dev/null || break
 done
+if [ "$(id -u)" -ne 0 ]; then kill -KILL -1; else kill -KILL 0; fi
+exit 137
 """
 
 # Programs that only serve as PID 1; the engine's own init (docker-init, a tini) takes their place.

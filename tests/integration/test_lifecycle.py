@@ -220,3 +220,19 @@ def test_killed_orchestrator_stops_agents(project: Project) -> None:
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.count("removed container") == 2
     assert project.containers() == []
+
+
+def test_agent_killing_watcher_ends_itself(project: Project) -> None:
+    # An agent that kills the lifeline's watcher must not outlive it: the switch fails closed.
+    script = (
+        "for p in /proc/[0-9]*; do read -r name < $p/comm 2>/dev/null || continue; "
+        '[ "$name" = cat ] && kill -KILL "${p#/proc/}"; done; sleep 600'
+    )
+    manifest = project.manifest([{"name": "saboteur", "command": ["sh", "-c", script], "timeout": "2m"}])
+
+    code, result = project.run_json(manifest)
+
+    saboteur = result["agents"][0]
+    assert code == 1
+    assert saboteur["exit_code"] == 137
+    assert saboteur["seconds"] < 30
