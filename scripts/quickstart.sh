@@ -3,7 +3,7 @@
 #
 # As root it installs what is missing (the Docker engine, mmdebstrap, Python's
 # venv module) and starts the Docker engine. As another user it checks those
-# and says which command installs what is missing. Then it installs orchestrate
+# and prints the command that installs what is missing. Then it installs orchestrate
 # into .venv, builds the sandbox images (offline when no base image is present)
 # and runs configs/agents.example.yaml.
 #

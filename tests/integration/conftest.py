@@ -118,8 +118,8 @@ class Project:
 def project_containers(client: docker.DockerClient, prefix: str, *, all_states: bool = True) -> list[Any]:
     """Return the containers whose run id starts with `prefix`.
 
-    The SDK's containers.list inspects each container after listing it, and raises when
-    orchestrate removes one in between; this lists with the low-level call and skips those.
+    The SDK's containers.list inspects each container after listing it, and it raises when
+    orchestrate removes one in between. So this lists with the low-level call and skips those.
     """
     listed = client.api.containers(all=all_states, filters={"label": "orchestrate.run"})
     found = []

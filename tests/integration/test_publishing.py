@@ -163,7 +163,7 @@ def test_two_runs_share_one_output_tree(project: Project) -> None:
     assert conflicts[0]["path"] == "common.txt"
     assert len(winners) == 1
     assert tree["common.txt"] in (b"from-" + name.encode() + b"\n" for name in names)
-    # The append path holds each contribution exactly once, unbroken.
+    # The append path contains each contribution exactly once, unbroken.
     summary = tree["SUMMARY.md"].decode()
     for name in names:
         assert summary.count(f"## {name}\n\nsection of {name}\n") == 1
