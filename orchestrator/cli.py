@@ -290,6 +290,42 @@ def audit_verify(
 
 
 @app.command()
+def status(
+    runs_dir: RunsDirOption = Path("runs"),
+    json_output: JsonOption = False,
+) -> None:
+    """List the runs in the runs folder: active, finished or dead, and their containers."""
+    _options["json"] = json_output
+
+    def body() -> int:
+        from .plan import LABEL_RUN
+        from .status import run_statuses
+
+        runtime = _runtime()
+        containers = runtime.client.api.containers(all=True, filters={"label": LABEL_RUN})
+        statuses = run_statuses(runs_dir, containers)
+        if json_output:
+            typer.echo(json.dumps([item.to_json() for item in statuses], indent=2))
+            return 0
+        if not statuses:
+            typer.echo(f"no run in {runs_dir} and no container of any run")
+            return 0
+        rows = [("RUN", "STATE", "AGENTS", "CONTAINERS", "RUNNING", "EXIT")]
+        for item in statuses:
+            exit_code = "-" if item.exit_code is None else str(item.exit_code)
+            rows.append((item.run_id, item.state, str(item.agents), str(item.containers), str(item.running), exit_code))
+        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+        for row in rows:
+            typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        dead = [item.run_id for item in statuses if item.state == "dead" and item.containers]
+        for run_id in dead:
+            typer.echo(f"run {run_id} died and left containers; remove them with `orchestrate cleanup {run_id}`")
+        return 0
+
+    _guarded(body)
+
+
+@app.command()
 def version() -> None:
     """Print the version of orchestrate."""
     typer.echo(f"orchestrate {__version__}")

@@ -32,6 +32,7 @@ from .runtime import Lifeline, Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
 from .runtime.inspection import security_summary
 from .shutdown import DEFAULT_GRACE, stop_all, stop_container
+from .status import RunLock
 from .workers import Workers
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class Supervisor:
     async def run(self) -> RunResult:
         started = time.monotonic()
         workspace.prepare(self.plan)
+        # Held until this process ends, so `orchestrate status` can tell a live run from a dead one.
+        run_lock = RunLock(self.plan.run_dir)
         _write_json(self.plan.run_dir / "plan.json", self.plan.model_dump(mode="json"))
         self._log = AuditLog.create(self.plan.run_dir / "audit.jsonl", run_id=self.plan.run_id)
         self._audit_run_start()
@@ -117,6 +120,7 @@ class Supervisor:
             _write_json(self.plan.run_dir / "result.json", result.to_json())
         except OSError as exc:
             log.error("the result could not be written to %s: %s", self.plan.run_dir / "result.json", exc)
+        run_lock.release()
         log.info("run %s ended in %.2f s: %s", self.plan.run_id, result.seconds, result.headline())
         if result.audit_head:
             # Printed, so CI logs keep a copy of the anchor outside the run folder.

@@ -204,6 +204,7 @@ def test_killed_orchestrator_stops_agents(project: Project) -> None:
     )
     process = project.start("run", str(manifest), "--runs-dir", str(project.runs))
     project.wait_for_running(2)
+    active = json.loads(project.orchestrate("status", "--runs-dir", str(project.runs), "--json").stdout)
 
     process.kill()
     process.wait(timeout=10)
@@ -216,6 +217,10 @@ def test_killed_orchestrator_stops_agents(project: Project) -> None:
     assert [item.status for item in containers if item.status == "running"] == []
 
     run_id = containers[0].labels["orchestrate.run"]
+    dead = json.loads(project.orchestrate("status", "--runs-dir", str(project.runs), "--json").stdout)
+    assert [(item["run_id"], item["state"]) for item in active] == [(run_id, "active")]
+    assert [(item["run_id"], item["state"], item["containers"]) for item in dead] == [(run_id, "dead", 2)]
+
     completed = project.orchestrate("cleanup", run_id, "--runs-dir", str(project.runs))
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.count("removed container") == 2
