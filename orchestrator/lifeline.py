@@ -71,11 +71,11 @@ def wrapped_command(
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Return the container's entrypoint and command that run `command` under the lifeline wrapper.
 
-    The image's own entrypoint is kept in front of the agent's command, unless it is
+    The image's own entrypoint stays in front of the agent's command, unless it is
     only an init program, which the engine's init replaces.
     """
-    kept = _without_init(image_entrypoint)
-    return ("/bin/sh", "-c", WRAPPER_SCRIPT, WRAPPER_NAME), (*kept, *command)
+    entrypoint_prefix = _without_init(image_entrypoint)
+    return ("/bin/sh", "-c", WRAPPER_SCRIPT, WRAPPER_NAME), (*entrypoint_prefix, *command)
 
 
 def _without_init(entrypoint: tuple[str, ...]) -> tuple[str, ...]:

@@ -11,15 +11,15 @@ def limit_problem(agent: AgentPlan, pids: int | None, memory: int | None, cpus: 
     if pids is None or memory is None:
         return "unverified limits: the container's cgroup could not be read from this process"
     if pids != planned.pids:
-        shown = "no limit" if pids == 0 else str(pids)
-        return f"pids limit not in force: planned {planned.pids}, cgroup has {shown}"
+        actual = "no limit" if pids == 0 else str(pids)
+        return f"pids limit not in force: planned {planned.pids}, cgroup has {actual}"
     # cgroup v1 rounds the memory limit down to a whole page.
     if memory == 0 or memory > planned.memory or memory < planned.memory - 64 * 1024:
-        shown = "no limit" if memory == 0 else str(memory)
-        return f"memory limit not in force: planned {planned.memory}, cgroup has {shown}"
+        actual = "no limit" if memory == 0 else str(memory)
+        return f"memory limit not in force: planned {planned.memory}, cgroup has {actual}"
     if cpus is not None and (cpus == 0 or abs(cpus - planned.cpus) > 0.01):
-        shown = "no limit" if cpus == 0 else f"{cpus:g}"
-        return f"CPU limit not in force: planned {planned.cpus:g}, cgroup has {shown}"
+        actual = "no limit" if cpus == 0 else f"{cpus:g}"
+        return f"CPU limit not in force: planned {planned.cpus:g}, cgroup has {actual}"
     return None
 
 

@@ -310,28 +310,28 @@ class LoadedManifest(BaseModel):
 
 def load_manifest(path: Path) -> LoadedManifest:
     """Read, parse and validate a manifest file."""
-    shown = str(path)
+    file_label = str(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ManifestError([Problem(shown, None, "", "file not found; check the path")]) from None
+        raise ManifestError([Problem(file_label, None, "", "file not found; check the path")]) from None
     except IsADirectoryError:
-        raise ManifestError([Problem(shown, None, "", "is a folder; give a manifest file")]) from None
+        raise ManifestError([Problem(file_label, None, "", "is a folder; give a manifest file")]) from None
     except OSError as exc:
-        raise ManifestError([Problem(shown, None, "", f"cannot read: {exc.strerror}")]) from exc
+        raise ManifestError([Problem(file_label, None, "", f"cannot read: {exc.strerror}")]) from exc
 
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         message = f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"
-        raise ManifestError([Problem(shown, None, "", message)]) from exc
+        raise ManifestError([Problem(file_label, None, "", message)]) from exc
 
     try:
         document = yamlsource.load(text)
     except yamlsource.YamlProblem as exc:
-        raise ManifestError([Problem(shown, exc.line, "", exc.message)]) from exc
+        raise ManifestError([Problem(file_label, exc.line, "", exc.message)]) from exc
 
-    manifest = parse_manifest(document, shown)
+    manifest = parse_manifest(document, file_label)
     return LoadedManifest(
         manifest=manifest,
         path=path,
@@ -341,21 +341,21 @@ def load_manifest(path: Path) -> LoadedManifest:
     )
 
 
-def parse_manifest(document: yamlsource.LocatedDocument, shown: str) -> Manifest:
+def parse_manifest(document: yamlsource.LocatedDocument, file_label: str) -> Manifest:
     """Validate a parsed document; raise ManifestError listing every problem."""
     data: Any = document.data
     if data is None:
-        raise ManifestError([Problem(shown, None, "", "file is empty; start from configs/agents.example.yaml")])
+        raise ManifestError([Problem(file_label, None, "", "file is empty; start from configs/agents.example.yaml")])
     if not isinstance(data, dict):
         message = f"the top level must be a mapping of fields, not {type(data).__name__}"
-        raise ManifestError([Problem(shown, 1, "", message)])
+        raise ManifestError([Problem(file_label, 1, "", message)])
 
     # Duplicates are found on the raw data, so they are reported next to field errors too.
-    problems = _duplicate_problems(data, document, shown)
+    problems = _duplicate_problems(data, document, file_label)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        problems.extend(problems_from_validation(exc, document, shown))
+        problems.extend(problems_from_validation(exc, document, file_label))
         problems.sort(key=lambda problem: (problem.line or 0, problem.field))
         raise ManifestError(problems) from None
 
@@ -364,7 +364,7 @@ def parse_manifest(document: yamlsource.LocatedDocument, shown: str) -> Manifest
     return manifest
 
 
-def _duplicate_problems(data: dict[str, Any], document: yamlsource.LocatedDocument, shown: str) -> list[Problem]:
+def _duplicate_problems(data: dict[str, Any], document: yamlsource.LocatedDocument, file_label: str) -> list[Problem]:
     problems: list[Problem] = []
     for section, key, noun, fix in (
         ("agents", "name", "agent name", "rename one"),
@@ -381,6 +381,6 @@ def _duplicate_problems(data: dict[str, Any], document: yamlsource.LocatedDocume
             if value in first_index:
                 path: tuple[str | int, ...] = (section, index, key)
                 message = f"duplicate {noun} '{value}' (also {section}[{first_index[value]}]); {fix}"
-                problems.append(Problem(shown, document.line_of(path), render_path(path), message))
+                problems.append(Problem(file_label, document.line_of(path), render_path(path), message))
             first_index.setdefault(value, index)
     return problems

@@ -43,7 +43,7 @@ def render_path(path: tuple[str | int, ...]) -> str:
 
 
 def problems_from_validation(
-    exc: ValidationError, document: LocatedDocument, shown: str
+    exc: ValidationError, document: LocatedDocument, file_label: str
 ) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[tuple[tuple[str | int, ...], str]] = set()
@@ -53,7 +53,7 @@ def problems_from_validation(
         if (path, message) in seen:
             continue
         seen.add((path, message))
-        problems.append(Problem(shown, document.line_of(path), render_path(path), message))
+        problems.append(Problem(file_label, document.line_of(path), render_path(path), message))
 
     problems.sort(key=lambda problem: (problem.line or 0, problem.field))
     return problems

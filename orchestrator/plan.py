@@ -139,7 +139,7 @@ class RunPlan(Frozen):
     weakenings: tuple[str, ...] = ()
 
 
-# What a run id may look like when a user types one: the shape new_run_id makes, and nothing with '/'.
+# Pattern of a run id given on the command line: the shape new_run_id makes, never with '/' or '..'.
 RUN_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 

@@ -1,4 +1,4 @@
-"""Answer "who wrote this file, and when?" from the output tree's ledger."""
+"""Provenance queries: who published a file of the output tree, and when, read from its ledger."""
 
 from __future__ import annotations
 
@@ -31,5 +31,5 @@ def history(output: Path, path: str) -> list[dict[str, Any]]:
     if not state_folder(output).is_dir():
         raise InputError(f"{output} has no ledger ({state_folder(output)} is missing); pass --output with a tree "
                          "that orchestrate published into")
-    wanted = relative_output_path(output, path)
-    return [record for record in read_records(state_folder(output)) if record.get("path") == wanted]
+    relative = relative_output_path(output, path)
+    return [record for record in read_records(state_folder(output)) if record.get("path") == relative]

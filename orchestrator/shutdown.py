@@ -1,6 +1,6 @@
 """Stop containers on the orchestrator's own clock: SIGTERM, a grace period, SIGKILL, confirm.
 
-A client-side timeout tells nothing about the container, so a container counts
+A client-side timeout is no evidence about the container, so a container counts
 as stopped only when inspect shows it not running. An error from the engine
 during a stop leads to another kill attempt, never to "stopped".
 """

@@ -1,8 +1,8 @@
 """`orchestrate status`: the runs in a runs folder, and whether each is active, finished or dead.
 
 A live run holds an exclusive flock on `runs/<run-id>/run.lock` for as long as its
-orchestrate process lives; the kernel releases it when the process dies, SIGKILL
-included. So a run folder without result.json whose lock is free belongs to a
+orchestrate process lives. The kernel releases the lock when the process dies,
+SIGKILL included. So a run folder without result.json whose lock is free belongs to a
 run that died, and any container still labelled with its id is a leftover.
 """
 

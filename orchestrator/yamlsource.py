@@ -105,8 +105,7 @@ class _Walker:
             raise YamlProblem(node.start_mark.line + 1, f"the document is nested more than {MAX_DEPTH} levels deep")
         default_tag = _DEFAULT_TAGS.get(type(node))
         if default_tag is not None and node.tag != default_tag:
-            shown_tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            raise YamlProblem(node.start_mark.line + 1, f"unsupported tag '{shown_tag}'; remove the tag")
+            raise YamlProblem(node.start_mark.line + 1, f"unsupported tag '{_short_tag(node.tag)}'; remove the tag")
 
         if isinstance(node, yaml.MappingNode):
             return self._build_mapping(node, path)
@@ -134,8 +133,7 @@ class _Walker:
         try:
             return self._loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            shown_tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            message = f"invalid value: unsupported tag '{shown_tag}'; remove the tag"
+            message = f"invalid value: unsupported tag '{_short_tag(node.tag)}'; remove the tag"
             if not node.tag.startswith("tag:yaml.org,2002:python/"):
                 message = f"invalid value: {exc.problem}"
             raise YamlProblem(node.start_mark.line + 1, message) from exc
@@ -143,5 +141,10 @@ class _Walker:
             raise YamlProblem(node.start_mark.line + 1, f"invalid value: {exc}") from exc
         except (ValueError, OverflowError) as exc:
             # A date such as 2024-13-45, or an integer too long to convert.
-            shown = str(node.value)[:40]
-            raise YamlProblem(node.start_mark.line + 1, f"invalid value {shown!r}: {exc}; quote it") from exc
+            excerpt = str(node.value)[:40]
+            raise YamlProblem(node.start_mark.line + 1, f"invalid value {excerpt!r}: {exc}; quote it") from exc
+
+
+def _short_tag(tag: str) -> str:
+    """Write a standard YAML tag the way it appears in a file: !!python/object, not its full URI."""
+    return tag.replace("tag:yaml.org,2002:", "!!")

@@ -369,9 +369,9 @@ class _Committer:
             evidence.parent.mkdir(parents=True, exist_ok=True)
             data, _info = read_regular_file(self.staging_fd, item.staged_name, max_bytes=item.size)
             evidence.write_bytes(data)
-            kept = f"this agent's version is kept at {evidence}"
+            evidence_note = f"this agent's version is kept at {evidence}"
         except OSError as exc:
-            kept = f"this agent's version could not be kept ({exc.strerror})"
+            evidence_note = f"this agent's version could not be kept ({exc.strerror})"
         os.unlink(item.staged_name, dir_fd=self.staging_fd)
-        detail = f"{reason}; {kept}"
+        detail = f"{reason}; {evidence_note}"
         self.report.findings.append(Finding(WRITE_CONFLICT, item.path, detail))

@@ -172,11 +172,11 @@ def flock_holder(path: Path) -> int | None:
         table = Path("/proc/locks").read_text(encoding="ascii")
     except OSError:
         return None
-    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    lock_id = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
     for line in table.splitlines():
         fields = line.split()
         # "1: FLOCK  ADVISORY  WRITE 2963 fe:00:1466546 0 EOF"; a waiter's line starts with "->".
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == lock_id:
             try:
                 return int(fields[4])
             except ValueError:

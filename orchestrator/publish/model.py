@@ -1,4 +1,4 @@
-"""What publishing produces: staged files, published files, findings and the report."""
+"""Records of publishing: staged files, published files, findings and the report."""
 
 from __future__ import annotations
 

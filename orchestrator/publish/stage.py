@@ -256,15 +256,15 @@ def _drop_outside_hard_links(walk: _Walk) -> None:
     }
     if not outside:
         return
-    kept = []
+    remaining = []
     for item in walk.staged:
         if item.path in outside:
             if walk.staging_fd is not None:
                 os.unlink(item.staged_name, dir_fd=walk.staging_fd)
             walk.findings.append(Finding(ESCAPE_ATTEMPT, item.path, "is a hard link to a file outside the workspace"))
         else:
-            kept.append(item)
-    walk.staged = kept
+            remaining.append(item)
+    walk.staged = remaining
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")

@@ -200,8 +200,8 @@ class AttachedInput:
         self._stream = stream
 
     def close(self) -> None:
-        # The SDK returns a SocketIO over a socket that its HTTP response also references, so
-        # closing the SocketIO alone leaves the connection open; shutdown ends it for the engine.
+        # The SDK returns a SocketIO over a socket that its HTTP response also references.
+        # Closing the SocketIO alone leaves the connection open, so shutdown ends it for the engine.
         raw = getattr(self._stream, "_sock", None)
         if isinstance(raw, socket.socket):
             try:

@@ -1,9 +1,8 @@
 """Manifest loading: every bad manifest must exit 2 with a located, actionable message.
 
-Bad manifests go through `orchestrate plan` in-process. The `plan` command
-connects to Docker before it reads the manifest, so these tests replace the
-runtime with a stand-in. The stand-in fails the test when the command asks it
-for host facts, because a manifest error must stop the command before that.
+Bad manifests go through `orchestrate plan` in-process. The tests replace the
+runtime with a stand-in that fails the test when the command requests host
+facts, because a manifest error must stop the command before it contacts Docker.
 """
 
 from __future__ import annotations
