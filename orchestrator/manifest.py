@@ -181,6 +181,40 @@ class Defaults(Model):
     env: list[EnvName] = []
 
 
+ViolationKind = Literal[
+    "write-conflict",
+    "claim-violation",
+    "escape-attempt",
+    "quota-exceeded",
+    "tampering",
+    "posture-drift",
+    "monitor-failure",
+]
+PolicyAction = Literal["shutdown", "stop-agent", "warn"]
+
+
+class Monitor(Model):
+    """How the safety monitor watches a run."""
+
+    # Seconds between re-inspections of every container against the plan.
+    posture_interval: Duration = Field(default=5.0, ge=0.5, le=3600)
+    # Seconds between full scans of every workspace; they catch what inotify missed.
+    rescan_interval: Duration = Field(default=10.0, ge=1, le=3600)
+    # Publish closed files while agents run, instead of only after each agent exits.
+    publish_while_running: bool = True
+    # Quiet time after an agent's last closed file before its files are published.
+    publish_debounce: Duration = Field(default=0.5, ge=0.05, le=600)
+
+
+class Shutdown(Model):
+    """How fast a run stops after a violation, Ctrl-C or `orchestrate stop`."""
+
+    # Every container has exited by then; the grace period is cut to fit.
+    deadline: Duration = Field(default=15.0, ge=1, le=3600)
+    # Seconds between SIGTERM and SIGKILL when a violation stops the run.
+    grace: Duration = Field(default=0.5, ge=0, le=3600)
+
+
 class Source(Model):
     """The host folder every agent reads, mounted read-only at /workspace/src."""
 
@@ -261,6 +295,10 @@ class Manifest(Model):
     limits: Limits = Limits()
     agents: list[Agent] = Field(min_length=1, max_length=500)
     shared: list[SharedPath] = []
+    # What a violation of each kind does; a kind left out stops the whole run.
+    policy: dict[ViolationKind, PolicyAction] = {}
+    monitor: Monitor = Monitor()
+    shutdown: Shutdown = Shutdown()
 
     @field_validator("name")
     @classmethod

@@ -20,7 +20,8 @@ from . import __version__
 from .errors import PlanError
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
 from .lifeline import wrapped_command
-from .manifest import Agent, LoadedManifest, Resources
+from .manifest import Agent, LoadedManifest, Monitor, Resources, Shutdown
+from .violations import full_policy
 from .plan_checks import check_paths
 
 # The unprivileged UID and GID that agents run as when orchestrate itself runs as root.
@@ -137,6 +138,10 @@ class RunPlan(Frozen):
     agents: tuple[AgentPlan, ...]
     shared: tuple[SharedPlan, ...]
     weakenings: tuple[str, ...] = ()
+    # The action for every violation kind, defaults filled in, so the plan shows what a violation does.
+    policy: dict[str, str] = {}
+    monitor: Monitor = Monitor()
+    shutdown: Shutdown = Shutdown()
 
 
 # Pattern of a run id given on the command line: the shape new_run_id makes, never with '/' or '..'.
@@ -228,6 +233,9 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
         output=paths.output,
         agents=tuple(agents),
         shared=tuple(SharedPlan(path=item.path, mode=item.mode) for item in manifest.shared),
+        policy=full_policy(manifest.policy),
+        monitor=manifest.monitor,
+        shutdown=manifest.shutdown,
     )
 
 

@@ -1,0 +1,63 @@
+"""Violations: what the safety monitor reports, and what the run's policy does about each.
+
+A violation names its kind, the agent, the path or setting involved and the
+evidence. The manifest's `policy` maps each kind to an action; a kind it leaves
+out stops the whole run, because the safe default for an unexpected event is to
+stop and keep the evidence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from .manifest import PolicyAction, ViolationKind
+
+KINDS: tuple[str, ...] = get_args(ViolationKind)
+ACTIONS: tuple[str, ...] = get_args(PolicyAction)
+DEFAULT_ACTION: PolicyAction = "shutdown"
+
+WRITE_CONFLICT = "write-conflict"
+CLAIM_VIOLATION = "claim-violation"
+ESCAPE_ATTEMPT = "escape-attempt"
+QUOTA_EXCEEDED = "quota-exceeded"
+TAMPERING = "tampering"
+POSTURE_DRIFT = "posture-drift"
+MONITOR_FAILURE = "monitor-failure"
+
+Action = Literal["shutdown", "stop-agent", "warn"]
+
+
+def full_policy(policy: Mapping[Any, str]) -> dict[str, str]:
+    """Return the action for every kind: the manifest's where it sets one, else the default."""
+    return {kind: policy.get(kind, DEFAULT_ACTION) for kind in KINDS}
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    agent: str
+    # The workspace path (relative to the workspace) or the container setting involved.
+    subject: str
+    detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    # On the monotonic clock, so the time to stop can be measured from here.
+    detected_at: float = field(default_factory=time.monotonic)
+    detected_wall: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "agent": self.agent,
+            "subject": self.subject,
+            "detail": self.detail,
+            "evidence": self.evidence,
+            "detected_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.detected_wall))
+            + f".{int(self.detected_wall % 1 * 1000):03d}Z",
+        }
+
+    def describe(self) -> str:
+        subject = f" {self.subject}:" if self.subject else ""
+        return f"{self.kind} by agent {self.agent}:{subject} {self.detail}"
