@@ -1,7 +1,7 @@
 """The run's activity stream: one record per thing worth showing a user or a CI log.
 
-The monitor, the supervisor and the publisher each add records; the live view,
-the plain log lines and `run --json` (JSON lines) each read the same stream.
+The monitor, the supervisor and the publisher each add records. The live view
+and `run --json` (JSON lines) read the same stream.
 """
 
 from __future__ import annotations
@@ -30,4 +30,4 @@ Listener = Callable[[Activity], None]
 
 
 def ignore(_activity: Activity) -> None:
-    """A listener that drops everything."""
+    """Drop every record: the listener of a run that shows nothing live."""

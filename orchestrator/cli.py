@@ -1,8 +1,8 @@
 """The `orchestrate` command: parse arguments, call the package, render the result.
 
 Exit codes: 0 success, 1 an agent failed or timed out, 2 invalid manifest or
-usage, 4 environment problem (Docker unreachable, image missing), 70 internal
-error, 130 interrupted.
+usage, 3 a violation stopped the run, 4 environment problem (Docker
+unreachable, image missing), 70 internal error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -84,7 +84,10 @@ def _guarded(action: Callable[[], int]) -> NoReturn:
         code = exc.exit_code
         if _options["json"]:
             # A pipeline that parses stdout still gets one JSON document.
-            typer.echo(json.dumps({"error": str(exc), "exit_code": code}, indent=2))
+            error = {"error": str(exc), "exit_code": code}
+            # JSON lines stay one record per line, so a reader of `run --json` never sees a broken line.
+            lines = _options.get("json_lines")
+            typer.echo(json.dumps({"kind": "error", **error}) if lines else json.dumps(error, indent=2))
     except KeyboardInterrupt:
         typer.echo("orchestrate: interrupted", err=True)
         code = EXIT_INTERRUPTED
@@ -110,16 +113,26 @@ def _runtime() -> DockerRuntime:
 def run(
     manifest: ManifestArgument,
     runs_dir: RunsDirOption = Path("runs"),
-    json_output: JsonOption = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the run's events as JSON lines; the last line is the result.")
+    ] = False,
     grace: Annotated[
         float, typer.Option("--grace", min=0, help="Seconds between SIGTERM and SIGKILL when stopping agents.")
     ] = 3.0,
+    live: Annotated[
+        bool, typer.Option("--live/--no-live", help="Show a live table of the agents (default: on a terminal).")
+    ] = sys.stderr.isatty(),
 ) -> None:
-    """Start every agent of MANIFEST in its own hardened container and wait for all of them."""
+    """Start every agent of MANIFEST in its own hardened container and wait for all of them.
+
+    Exit 0 when every agent succeeded, 1 when one failed, 3 when a violation stopped the run.
+    """
 
     _options["json"] = json_output
+    _options["json_lines"] = json_output
 
     def body() -> int:
+        from .liveview import JsonLines, LiveTable
         from .manifest import load_manifest
         from .render import result_text
         from .runner import execute, plan_manifest
@@ -134,9 +147,15 @@ def run(
             if all(problem.cause == "image-missing" for problem in exc.problems):
                 raise ImageMissing(str(exc)) from exc
             raise
-        result = execute(plan, runtime, grace=grace)
+        table = LiveTable() if live and not json_output else None
+        if table is not None:
+            handler = table.handler()
+            handler.setFormatter(logging.Formatter("orchestrate: %(message)s"))
+            logging.getLogger("orchestrator").handlers[:] = [handler]
+        listener = JsonLines() if json_output else None
+        result = execute(plan, runtime, grace=grace, listener=listener, table=table)
         if json_output:
-            typer.echo(json.dumps(result.to_json(), indent=2))
+            typer.echo(json.dumps({"kind": "result", **result.to_json()}, sort_keys=True))
         else:
             typer.echo(result_text(result))
         return result.exit_code
@@ -291,15 +310,21 @@ def audit_verify(
 
 @app.command()
 def status(
+    run_id: Annotated[
+        str | None, typer.Argument(help="Show this run agent by agent; every run in the runs folder when omitted.")
+    ] = None,
     runs_dir: RunsDirOption = Path("runs"),
     json_output: JsonOption = False,
 ) -> None:
-    """List the runs in the runs folder: active, finished or dead, and their containers."""
+    """List the runs in the runs folder: active, finished or dead, and their containers; or one run's agents."""
     _options["json"] = json_output
 
     def body() -> int:
         from .plan import LABEL_RUN
         from .status import run_statuses
+
+        if run_id is not None:
+            return _status_of_run(run_id, runs_dir, json_output=json_output)
 
         runtime = _runtime()
         containers = runtime.client.api.containers(all=True, filters={"label": LABEL_RUN})
@@ -314,13 +339,104 @@ def status(
         for item in statuses:
             exit_code = "-" if item.exit_code is None else str(item.exit_code)
             rows.append((item.run_id, item.state, str(item.agents), str(item.containers), str(item.running), exit_code))
-        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-        for row in rows:
-            typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        _echo_table(rows)
         dead = [item.run_id for item in statuses if item.state == "dead" and item.containers]
-        for run_id in dead:
-            typer.echo(f"run {run_id} died and left containers; remove them with `orchestrate cleanup {run_id}`")
+        for dead_id in dead:
+            typer.echo(f"run {dead_id} died and left containers; remove them with `orchestrate cleanup {dead_id}`")
         return 0
+
+    _guarded(body)
+
+
+def _status_of_run(run_id: str, runs_dir: Path, *, json_output: bool) -> int:
+    from .errors import InputError
+    from .plan import LABEL_RUN, RUN_ID_PATTERN
+    from .status import run_detail
+
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise InputError(f"invalid run id '{run_id}'; copy it from `orchestrate status --runs-dir {runs_dir}`")
+    # The low-level list, because the SDK's containers.list inspects each container and fails on one that
+    # its run removes in between.
+    containers = _runtime().client.api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+    detail = run_detail(runs_dir, run_id, containers)
+    if detail is None:
+        raise InputError(
+            f"run {run_id} is unknown: {runs_dir / run_id} does not exist and no container carries its label; "
+            f"list the runs with `orchestrate status --runs-dir {runs_dir}`, or pass --runs-dir with the folder "
+            "that holds the run"
+        )
+    if json_output:
+        typer.echo(json.dumps(detail.to_json(), indent=2))
+        return 0
+
+    if detail.state == "active":
+        headline = f"active (orchestrate PID {'unknown' if detail.pid is None else detail.pid})"
+    elif detail.state == "finished":
+        headline = f"finished with exit code {'unknown' if detail.exit_code is None else detail.exit_code}"
+    elif detail.state == "dead":
+        headline = "dead (no orchestrate process holds its lock, and it wrote no result.json)"
+    else:
+        headline = f"no folder in {runs_dir}, only containers with its label"
+    typer.echo(f"run {run_id}: {headline}")
+    rows = [("AGENT", "CONTAINER", "CONTAINER STATE", "AGENT STATE")]
+    for agent in detail.agents:
+        rows.append((agent.agent, agent.container_id or "-", agent.container_state or "-", agent.state or "-"))
+    _echo_table(rows)
+    if detail.state != "active" and any(agent.container_id for agent in detail.agents):
+        typer.echo(f"containers of run {run_id} are left; remove them with `orchestrate cleanup {run_id}`")
+    return 0
+
+
+def _echo_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command()
+def stop(
+    run_id: Annotated[str | None, typer.Argument(help="The run to stop.", show_default=False)] = None,
+    all_runs: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Stop every active run in the runs folder and the running containers of its dead runs."
+        ),
+    ] = False,
+    now: Annotated[
+        bool, typer.Option("--now", help="Kill the agents at once instead of giving them the run's grace period.")
+    ] = False,
+    wait_seconds: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0,
+            help="Seconds to wait for the run's orchestrate process to end before its containers are killed directly.",
+        ),
+    ] = 30.0,
+    runs_dir: RunsDirOption = Path("runs"),
+    json_output: JsonOption = False,
+) -> None:
+    """Stop a run as Ctrl-C would, or kill the containers of a run whose orchestrate died.
+
+    Exit 0 when nothing of the run still runs, 1 when a container or its orchestrate may still run, 2 for a bad RUN.
+    """
+    _options["json"] = json_output
+
+    def body() -> int:
+        from .errors import InputError
+        from .stopping import stop as stop_runs
+
+        if all_runs == (run_id is not None):
+            raise InputError("name one RUN to stop, or pass --all to stop every run; not both")
+        reports = stop_runs(_runtime, runs_dir, run_id, now=now, wait_seconds=wait_seconds)
+        if json_output:
+            documents = [report.to_json() for report in reports]
+            typer.echo(json.dumps(documents if all_runs else documents[0], indent=2))
+        elif not reports:
+            typer.echo(f"no active run in {runs_dir} and no running container of any run")
+        for report in reports if not json_output else []:
+            for message in report.messages:
+                typer.echo(message)
+        return 0 if all(report.ok for report in reports) else 1
 
     _guarded(body)
 

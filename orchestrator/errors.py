@@ -4,6 +4,7 @@
     ├── InputError (exit 2)          the user's input is wrong: fix the file or the flag
     │   ├── ManifestError            one or more problems in a manifest, each with file and line
     │   └── PlanError                the manifest is valid but unsafe or impossible to run
+    │   (exit 3 is no error: a run that a violation stopped, see results.RunResult)
     ├── EnvironmentProblem (exit 4)  the machine is not ready: start Docker, build an image
     │   ├── DockerUnavailable
     │   └── ImageMissing
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 EXIT_OK = 0
 EXIT_AGENT_FAILED = 1
 EXIT_INVALID_INPUT = 2
+# A violation's policy stopped the run; the evidence is in the run folder.
+EXIT_VIOLATION = 3
 EXIT_ENVIRONMENT = 4
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130

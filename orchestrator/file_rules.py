@@ -1,8 +1,8 @@
 """Judge one workspace entry while agents run: conflicts, claims, escapes.
 
 These are the publisher's rules applied early. The publisher still checks every
-file again when it publishes; the monitor only makes sure a violation is seen
-while the agents run, within a fraction of a second of the write.
+file again when it publishes. The monitor's job is to see a violation while the
+agents run, within a fraction of a second of the write.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .violations import CLAIM_VIOLATION, WRITE_CONFLICT
 
 @dataclass(frozen=True)
 class Entry:
-    """What lstat says about one workspace entry, as much as the rules need."""
+    """The lstat fields of one workspace entry that the rules need."""
 
     path: str
     mode: int
@@ -108,6 +108,7 @@ class ClaimMap:
         others = [name for name in self.claimants(path) if name != agent]
         if others and shared is None:
             return Finding(WRITE_CONFLICT, f"the path is claimed by agent {', '.join(others)}")
-        if shared is None and agent not in self.claimants(path):
+        # An agent without `writes` may write any path that no other agent claims, as the publisher allows.
+        if shared is None and self._claims.get(agent) and agent not in self.claimants(path):
             return Finding(CLAIM_VIOLATION, "no claim of this agent (writes) or shared path covers it")
         return None

@@ -1,9 +1,10 @@
 """A minimal inotify binding through ctypes: one non-blocking descriptor, watches, raw events.
 
-The monitor needs what file-watching libraries tend to hide: which file was
-closed after writing (IN_CLOSE_WRITE), a queue overflow as an event of its
-own, and the difference between "the watch limit is reached" (ENOSPC) and
-any other failure, so it can fall back to polling for one workspace.
+File-watching libraries tend to hide three things the monitor needs. It needs
+to know which file was closed after writing (IN_CLOSE_WRITE). It needs a queue
+overflow as an event of its own. And it must tell "the watch limit is reached"
+(ENOSPC) from any other failure, so it can fall back to polling for one
+workspace.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ IN_ISDIR = 0x40000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
-# What the monitor watches in every workspace folder. No IN_DONT_FOLLOW: the monitor watches a folder
-# through its /proc/self/fd link, which must be followed, after opening the folder itself with O_NOFOLLOW.
+# Events watched in every workspace folder. The mask has no IN_DONT_FOLLOW, because the monitor opens each
+# folder with O_NOFOLLOW first and then watches it through its /proc/self/fd link, which must be followed.
 WORKSPACE_MASK = (
     IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
     | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_EXCL_UNLINK

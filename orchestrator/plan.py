@@ -21,8 +21,8 @@ from .errors import PlanError
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
 from .lifeline import wrapped_command
 from .manifest import Agent, LoadedManifest, Monitor, Resources, Shutdown
-from .violations import full_policy
 from .plan_checks import check_paths
+from .violations import full_policy
 
 # The unprivileged UID and GID that agents run as when orchestrate itself runs as root.
 FALLBACK_UID = 1000

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import EXIT_AGENT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .errors import EXIT_AGENT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_VIOLATION
 from .units import format_size
 
 if TYPE_CHECKING:
@@ -59,6 +59,14 @@ class AgentResult:
         """Record the first failure; later ones are consequences of it."""
         if self._failure is None:
             self._failure = (state, printable(message))
+
+    @property
+    def started_at(self) -> float | None:
+        return self._started
+
+    @property
+    def ended_at(self) -> float | None:
+        return self._ended
 
     def mark_started(self) -> None:
         self._started = time.monotonic()
@@ -201,9 +209,15 @@ class RunResult:
     audit_head: str | None = None
     # Why the audit log stopped early, when it could not be written.
     audit_problem: str | None = None
+    # The violation whose policy stopped the run, and the seconds from it to the last container's exit.
+    stopped_by: dict[str, Any] | None = None
+    stop_seconds: float | None = None
+    violations: int = 0
 
     @property
     def exit_code(self) -> int:
+        if self.stopped_by is not None:
+            return EXIT_VIOLATION
         if self.interrupted_by is not None:
             return EXIT_INTERRUPTED
         if all(agent.state == "succeeded" for agent in self.agents):
@@ -214,8 +228,14 @@ class RunResult:
         succeeded = sum(agent.state == "succeeded" for agent in self.agents)
         noun = "agent" if len(self.agents) == 1 else "agents"
         text = f"{succeeded} of {len(self.agents)} {noun} succeeded"
-        if self.interrupted_by:
+        if self.stopped_by:
+            text += f"; stopped by a {self.stopped_by['kind']} of agent {self.stopped_by['agent']}"
+            if self.stop_seconds is not None:
+                text += f" in {self.stop_seconds:.3f} s"
+        elif self.interrupted_by:
             text += f"; interrupted by {self.interrupted_by}"
+        if self.violations:
+            text += f"; {self.violations} violation(s)"
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -227,5 +247,8 @@ class RunResult:
             "seconds": round(self.seconds, 3),
             "audit_head": self.audit_head,
             "audit_problem": self.audit_problem,
+            "stopped_by": self.stopped_by,
+            "stop_seconds": None if self.stop_seconds is None else round(self.stop_seconds, 3),
+            "violations": self.violations,
             "agents": [agent.to_json() for agent in self.agents],
         }

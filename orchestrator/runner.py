@@ -7,7 +7,9 @@ from pathlib import Path
 
 import anyio
 
+from .activity import Listener, ignore
 from .errors import InputError
+from .liveview import LiveTable
 from .manifest import LoadedManifest
 from .plan import RunPlan, build_plan, new_run_id
 from .results import RunResult
@@ -35,7 +37,16 @@ def plan_manifest(
     return plan
 
 
-def execute(plan: RunPlan, runtime: Runtime, *, grace: float = DEFAULT_GRACE, handle_signals: bool = True) -> RunResult:
-    """Run every agent of `plan` to completion, timeout or interruption."""
-    supervisor = Supervisor(plan, runtime, dict(os.environ), grace=grace, handle_signals=handle_signals)
+def execute(
+    plan: RunPlan,
+    runtime: Runtime,
+    *,
+    grace: float = DEFAULT_GRACE,
+    handle_signals: bool = True,
+    listener: Listener | None = None,
+    table: LiveTable | None = None,
+) -> RunResult:
+    """Run every agent of `plan` to completion, timeout, violation or interruption."""
+    supervisor = Supervisor(plan, runtime, dict(os.environ), grace=grace, handle_signals=handle_signals,
+                            listener=listener or ignore, table=table)
     return anyio.run(supervisor.run)

@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,13 @@ import anyio
 from anyio.abc import TaskStatus
 
 from . import workspace
+from .activity import Activity, Listener, ignore
 from .audit import AuditLog
-from .errors import DockerUnavailable
+from .errors import DockerUnavailable, OrchestrateError
+from .evidence import EvidenceSource, collect_evidence
 from .limits import is_dropped_limit, limit_problem
+from .liveview import AgentRow, LiveTable, elapsed
+from .monitor import Monitor
 from .plan import LABEL_RUN, AgentPlan, RunPlan
 from .publish import PublishError, PublishReport, check_workspace, publish_agent
 from .publishing import audit_report, publish_request
@@ -31,8 +36,9 @@ from .results import AgentResult, RunResult
 from .runtime import Lifeline, Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
 from .runtime.inspection import security_summary
-from .shutdown import DEFAULT_GRACE, stop_all, stop_container
+from .shutdown import DEFAULT_GRACE, StopOutcome, stop_all, stop_container
 from .status import RunLock
+from .violations import Violation
 from .workers import Workers
 
 log = logging.getLogger(__name__)
@@ -51,11 +57,16 @@ class Supervisor:
         *,
         grace: float = DEFAULT_GRACE,
         handle_signals: bool = True,
+        listener: Listener = ignore,
+        table: LiveTable | None = None,
     ) -> None:
         self.plan = plan
         self.runtime = runtime
         self.environment = environment
-        self.grace = grace
+        # The grace period is cut so that SIGTERM, the grace period and SIGKILL fit the deadline.
+        self.grace = min(grace, plan.shutdown.deadline / 2)
+        self.listener = listener
+        self.table = table
         self.handle_signals = handle_signals
         self.workers = Workers(len(plan.agents))
         self.force = anyio.Event()
@@ -68,6 +79,14 @@ class Supervisor:
         self._lifelines: dict[str, Lifeline] = {}
         # Stopped containers kept because their evidence could not be saved; the sweep leaves them.
         self._kept: set[str] = set()
+        self.monitor = Monitor(plan, runtime, self.workers, report=self._on_violation, listener=self._notify,
+                               publish=self._publish_closed)
+        self.violations: list[Violation] = []
+        # The violation whose policy stopped the whole run, and how long the stop took.
+        self.stopped_by: Violation | None = None
+        self.stop_seconds: float | None = None
+        self._halted = False
+        self._background: anyio.abc.TaskGroup | None = None
 
     def _audit(self, kind: str, **fields: object) -> None:
         if self._log is None:
@@ -93,15 +112,25 @@ class Supervisor:
                  self.plan.run_dir)
 
         async with anyio.create_task_group() as outer:
+            self._background = outer
             if self.handle_signals:
                 # start(), not start_soon(): the handlers are in place before any container exists.
                 await outer.start(self._watch_signals)
+            # The first scan and every watch are in place before any agent starts writing.
+            await outer.start(self.monitor.run)
+            if self.table is not None:
+                outer.start_soon(self.table.run, self.snapshot)
             try:
                 await self._run_agents()
             finally:
                 with anyio.CancelScope(shield=True):
+                    self.monitor.stopping_all()
                     await self._sweep_leftovers()
+                    self.monitor.close()
                 outer.cancel_scope.cancel()
+
+        if self.violations:
+            await self._collect_evidence()
 
         result = RunResult(
             run_id=self.plan.run_id,
@@ -109,6 +138,9 @@ class Supervisor:
             agents=[self.results[agent.name] for agent in self.plan.agents],
             interrupted_by=self.interrupted_by,
             seconds=time.monotonic() - started,
+            stopped_by=None if self.stopped_by is None else self.stopped_by.to_json(),
+            stop_seconds=self.stop_seconds,
+            violations=len(self.violations),
         )
         self._audit("run-end", exit_code=result.exit_code, interrupted_by=self.interrupted_by,
                     states={agent.name: agent.state for agent in result.agents})
@@ -170,7 +202,10 @@ class Supervisor:
                 name = signal.Signals(received).name
                 if self.interrupted_by is None:
                     self.interrupted_by = name
+                    self._audit_stop_request(name)
                     log.warning("%s received: stopping every agent (send it again to kill at once)", name)
+                    self._notify(Activity("shutdown", None, f"{name} received: stopping every agent"))
+                    self.monitor.stopping_all()
                     if self._agents_scope is not None:
                         self._agents_scope.cancel()
                 else:
@@ -188,6 +223,8 @@ class Supervisor:
         except DockerUnavailable as exc:
             result.fail("error", str(exc))
         finally:
+            # From here on the orchestrator stops and removes the container: its own events are no tampering.
+            self.monitor.stopping(agent.name)
             container_id = self._containers.get(agent.name)
             if container_id is not None:
                 with anyio.move_on_after(EVIDENCE_DEADLINE, shield=True):
@@ -198,6 +235,7 @@ class Supervisor:
             result.settle()
             self._audit("agent-exit", agent=agent.name, **result.audit_fields())
             log.info("agent %s: %s", agent.name, result.describe())
+            self._notify(Activity("agent-exited", agent.name, result.describe(), {"state": result.state}))
 
     async def _launch(self, agent: AgentPlan, result: AgentResult) -> bool:
         spec = agent.container
@@ -206,6 +244,7 @@ class Supervisor:
             created = self.runtime.create(spec, self.environment)
             # Recorded inside the worker thread, so a cancellation cannot lose the id.
             self._containers[agent.name] = created.container_id
+            self.monitor.container_created(agent.name, created.container_id)
             return list(created.warnings)
 
         try:
@@ -226,6 +265,11 @@ class Supervisor:
             self._lifelines[agent.name] = await self.workers.call(
                 self.runtime.attach_lifeline, self._containers[agent.name]
             )
+            if self._halted:
+                result.interrupted = True
+                return False
+            # Told before the start, so the start's own events are already the orchestrator's.
+            self.monitor.container_started(agent.name)
             await self.workers.call(self.runtime.start, self._containers[agent.name])
         except (RuntimeFailure, ContainerGone) as exc:
             result.fail("error", str(exc))
@@ -233,6 +277,7 @@ class Supervisor:
         result.mark_started()
         self._audit("agent-start", agent=agent.name, container=self._containers[agent.name])
         log.info("agent %s started in container %s", agent.name, self._containers[agent.name][:12])
+        self._notify(Activity("agent-started", agent.name, f"started in container {self._containers[agent.name][:12]}"))
 
         return await self._verify_limits(agent, result)
 
@@ -261,6 +306,7 @@ class Supervisor:
             return True
         result.fail("error", f"{problem}; the agent was stopped")
         self._audit("violation", agent=agent.name, violation="limit-not-enforced", detail=problem)
+        self.monitor.stopping(agent.name)
         await stop_container(self.runtime, self.workers, container_id, grace=0, force=self.force)
         return False
 
@@ -288,6 +334,7 @@ class Supervisor:
         if timer.cancelled_caught:
             result.timed_out = True
             log.warning("agent %s exceeded its time limit of %.0f s; stopping it", agent.name, agent.timeout)
+            self.monitor.stopping(agent.name)
             outcome = await stop_container(self.runtime, self.workers, container_id, grace=self.grace, force=self.force)
             result.mark_ended()
             result.stop_seconds = outcome.seconds
@@ -359,6 +406,143 @@ class Supervisor:
         _write_json(agent.log_path.with_suffix(".publish.json"), report.to_json())
         audit_report(self._audit, agent.name, report)
         return report
+
+    def snapshot(self) -> list[AgentRow]:
+        """The live view's rows: each agent's state, time, files and bytes so far, last event, violations."""
+        rows = []
+        for agent in self.plan.agents:
+            result = self.results[agent.name]
+            files = self.monitor.files.states[agent.name]
+            state = result.state
+            if state == "pending" and result.started_at is not None:
+                state = "running" if result.ended_at is None else "stopping"
+            rows.append(AgentRow(
+                agent=agent.name,
+                state=state,
+                seconds=elapsed(result.started_at, result.ended_at),
+                files=files.files,
+                bytes=files.bytes,
+                last_event=files.last_event,
+                violations=sum(item.agent == agent.name for item in self.violations),
+            ))
+        return rows
+
+    # -- violations ----------------------------------------------------------------------------------------
+
+    def _on_violation(self, violation: Violation) -> None:
+        """Record a violation and apply the run's policy to it; called on the event loop, never blocks."""
+        action = self.plan.policy.get(violation.kind, "shutdown")
+        self.violations.append(violation)
+        self._audit("violation", violation=violation.kind, action=action, **{
+            key: value for key, value in violation.to_json().items() if key != "kind"
+        })
+        log.warning("violation: %s (policy: %s)", violation.describe(), action)
+        self._notify(Activity("violation", violation.agent, violation.describe(),
+                              {"kind": violation.kind, "action": action, "subject": violation.subject}))
+        result = self.results.get(violation.agent)
+        if action == "warn":
+            return
+        if result is not None:
+            result.fail("violation", f"{violation.kind}: {violation.subject}: {violation.detail}".replace(": :", ":"))
+        self.monitor.stop_publishing(violation.agent)
+        if self._background is None:
+            return
+        if action == "stop-agent" and violation.agent in self._containers and self.stopped_by is None:
+            self._background.start_soon(self._stop_agent, violation)
+        elif action == "shutdown" or violation.agent not in self.results:
+            if self.stopped_by is None:
+                self.stopped_by = violation
+                self._halted = True
+                self._background.start_soon(self._emergency_stop, violation)
+
+    async def _stop_agent(self, violation: Violation) -> None:
+        container_id = self._containers.get(violation.agent)
+        if container_id is None:
+            return
+        self.monitor.stopping(violation.agent)
+        with anyio.CancelScope(shield=True):
+            outcome = await stop_container(self.runtime, self.workers, container_id,
+                                           grace=self.plan.shutdown.grace, force=self.force)
+        seconds = time.monotonic() - violation.detected_at
+        log.warning("agent %s stopped %.3f s after its %s", violation.agent, seconds, violation.kind)
+        self._audit("agent-stopped", agent=violation.agent, reason=violation.kind, seconds=round(seconds, 3),
+                    stopped=outcome.stopped, killed=outcome.killed)
+
+    async def _emergency_stop(self, violation: Violation) -> None:
+        """Stop every container of the run in parallel, measure how long it took, then let agents finish."""
+        deadline = self.plan.shutdown.deadline
+        # SIGKILL and its confirmation need time too, so the grace period takes at most half the deadline.
+        grace = min(self.plan.shutdown.grace, deadline / 2)
+        self.monitor.stopping_all()
+        log.warning("stopping every agent of run %s: %s", self.plan.run_id, violation.describe())
+        self._notify(Activity("shutdown", violation.agent, f"stopping every agent: {violation.kind}"))
+        containers = list(self._containers.values())
+        outcomes: list[StopOutcome] = []
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(deadline) as timer:
+                outcomes = await stop_all(self.runtime, self.workers, containers, grace=grace, force=self.force)
+            seconds = time.monotonic() - violation.detected_at
+            self.stop_seconds = seconds
+            running = [item.container_id[:12] for item in outcomes if not item.stopped]
+            within = not timer.cancelled_caught and not running and seconds <= deadline
+            message = (f"run stopped {seconds:.3f} s after the {violation.kind} "
+                       f"(deadline {deadline:.0f} s{'' if within else ', MISSED'})")
+            (log.warning if within else log.error)("%s", message)
+            self._notify(Activity("shutdown", violation.agent, message,
+                                  {"seconds": round(seconds, 3), "within_deadline": within}))
+            self._audit("shutdown", reason=violation.kind, agent=violation.agent, seconds=round(seconds, 6),
+                        deadline=deadline, grace=grace, containers=len(containers),
+                        killed=sum(item.killed for item in outcomes), still_running=running,
+                        within_deadline=within)
+        if self._agents_scope is not None:
+            self._agents_scope.cancel()
+
+    async def _publish_closed(self, agent: AgentPlan, paths: frozenset[str]) -> None:
+        """Publish files an agent closed while running; the final publish after its exit checks them all."""
+        request = replace(publish_request(self.plan, agent), only=paths)
+        try:
+            report = await self.workers.call(publish_agent, request)
+        except (PublishError, OSError) as exc:
+            log.warning("agent %s: publishing while running failed: %s", agent.name, exc)
+            return
+        audit_report(self._audit, agent.name, report)
+        changed = [item.path for item in report.published if item.action != "unchanged"]
+        if changed:
+            self._notify(Activity("published", agent.name, f"published {len(changed)} file(s)",
+                                  {"paths": changed[:20]}))
+
+    def _notify(self, activity: Activity) -> None:
+        try:
+            self.listener(activity)
+        except Exception:  # noqa: BLE001 - a broken display must never stop the run's safety work.
+            log.exception("the activity listener failed")
+
+    def _audit_stop_request(self, signal_name: str) -> None:
+        request = self.plan.run_dir / "stop-request.json"
+        try:
+            details = json.loads(request.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            details = None
+        if isinstance(details, dict):
+            self._audit("stop-requested", signal=signal_name, request=details)
+
+    async def _collect_evidence(self) -> None:
+        sources = [
+            EvidenceSource(agent.name, agent.workspace, agent.log_path, agent.log_path.with_suffix(".inspect.json"))
+            for agent in self.plan.agents
+        ]
+        violations = [item.to_json() for item in self.violations]
+        try:
+            files = await anyio.to_thread.run_sync(collect_evidence, self.plan.run_dir, sources, violations)
+        except (OSError, OrchestrateError) as exc:
+            log.error("evidence could not be written to %s: %s", self.plan.run_dir, exc)
+            self._audit("evidence-failed", error=str(exc))
+            return
+        folder = files[0].folder if files else "evidence"
+        log.info("evidence of %d violation(s) kept in %s", len(self.violations), self.plan.run_dir / folder)
+        self._audit("evidence", folder=folder, files=[
+            {"path": item.path, "sha256": item.sha256, "size": item.size} for item in files
+        ])
 
     async def _sweep_leftovers(self) -> None:
         """Stop and remove every container labelled with this run that is still around."""

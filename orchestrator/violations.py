@@ -1,7 +1,7 @@
 """Violations: what the safety monitor reports, and what the run's policy does about each.
 
 A violation names its kind, the agent, the path or setting involved and the
-evidence. The manifest's `policy` maps each kind to an action; a kind it leaves
+evidence. The manifest's `policy` maps each kind to an action. A kind it leaves
 out stops the whole run, because the safe default for an unexpected event is to
 stop and keep the evidence.
 """

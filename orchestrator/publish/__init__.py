@@ -69,6 +69,8 @@ class PublishRequest:
     shared: Sequence[tuple[str, SharedMode]]
     limits: PublishLimits
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    # Publish only these workspace paths (files closed while the agent runs); None publishes everything.
+    only: frozenset[str] | None = None
 
     @property
     def owner(self) -> str:
@@ -125,6 +127,7 @@ def _stage(request: PublishRequest, staging_fd: int | None) -> tuple[list[Staged
         claims=[Claim.parse(pattern) for pattern in request.claims],
         shared=[(Claim.parse(pattern), mode) for pattern, mode in request.shared],
         limits=request.limits,
+        only=request.only,
     )
 
 

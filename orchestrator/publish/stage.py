@@ -51,6 +51,14 @@ class _Walk:
     # Names seen per inode, to tell hard links inside the workspace from links to outside files.
     links: dict[tuple[int, int], list[str]] = field(default_factory=dict)
     link_counts: dict[tuple[int, int], int] = field(default_factory=dict)
+    # Publish only these paths, and walk only the folders that lead to them; None walks everything.
+    only: frozenset[str] | None = None
+    only_folders: frozenset[str] = frozenset()
+
+    def skips(self, path: str, is_folder: bool) -> bool:
+        if self.only is None:
+            return False
+        return path not in (self.only_folders if is_folder else self.only)
 
 
 def stage_workspace(
@@ -60,12 +68,15 @@ def stage_workspace(
     claims: Sequence[Claim],
     shared: Sequence[tuple[Claim, SharedMode]],
     limits: PublishLimits,
+    only: frozenset[str] | None = None,
 ) -> tuple[list[Staged], list[Finding], list[str]]:
     """Stage every publishable file of `workspace`; return the staged files, findings and notices.
 
     With `staging_fd` None nothing is copied: the walk only collects findings.
+    With `only`, every other path is left alone, as if it were not there.
     """
-    walk = _Walk(staging_fd=staging_fd, claims=claims, shared=shared, limits=limits)
+    walk = _Walk(staging_fd=staging_fd, claims=claims, shared=shared, limits=limits, only=only,
+                 only_folders=_leading_folders(only or ()))
     root_fd = open_directory(workspace)
     # Folders wait as names, not open descriptors, so a workspace of many folders cannot exhaust them.
     pending: Pending = [()]
@@ -92,6 +103,14 @@ def stage_workspace(
     walk.staged.sort(key=lambda item: item.path)
     walk.findings.sort(key=lambda item: (item.path, item.kind))
     return walk.staged, walk.findings, walk.notices
+
+
+def _leading_folders(paths: frozenset[str] | tuple[()]) -> frozenset[str]:
+    folders: set[str] = set()
+    for path in paths:
+        parts = path.split("/")[:-1]
+        folders.update("/".join(parts[:index]) for index in range(1, len(parts) + 1))
+    return frozenset(folders)
 
 
 Pending = list[tuple[str, ...]]
@@ -122,6 +141,8 @@ def _walk_folder(walk: _Walk, parts: tuple[str, ...], folder_fd: int, pending: P
         if walk.stopped:
             return
         path = "/".join((*parts, entry.name))
+        if walk.skips(path, entry.is_dir(follow_symlinks=False)):
+            continue
         problem = name_problem(entry.name, top_level=not parts)
         if problem:
             walk.findings.append(Finding(INVALID_NAME, _printable(path), problem))

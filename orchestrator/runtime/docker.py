@@ -20,6 +20,7 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.types import LogConfig, Mount
+from docker.utils import kwargs_from_env
 
 from ..errors import DockerUnavailable, EnvironmentProblem
 from ..plan import ContainerSpec, HostFacts, container_environment
@@ -77,6 +78,11 @@ class DockerRuntime:
     @property
     def client(self) -> docker.DockerClient:
         return self._client
+
+    def event_client(self) -> docker.APIClient:
+        """Return a client of its own for the event stream, so closing that stream disturbs no other call."""
+        with _translated("connect for events"):
+            return docker.APIClient(**kwargs_from_env(), version=self._api.api_version)
 
     def close(self) -> None:
         self._client.close()

@@ -93,8 +93,8 @@ class Project:
     def run_json(self, manifest: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         completed = self.orchestrate("run", str(manifest), "--runs-dir", str(self.runs), "--json", *extra, env=env)
         try:
-            document = json.loads(completed.stdout)
-        except json.JSONDecodeError:
+            document = run_result(completed.stdout)
+        except (json.JSONDecodeError, IndexError):
             pytest.fail(
                 f"orchestrate run printed no JSON (exit {completed.returncode}):\n"
                 f"{completed.stdout}\n{completed.stderr}"
@@ -201,3 +201,9 @@ def agent_workspace(result: dict[str, Any], agent: str) -> Path:
 
 
 WaitCondition = Callable[[], bool]
+
+
+def run_result(stdout: str) -> dict[str, Any]:
+    """Return the result of `orchestrate run --json`: its last JSON line (the lines before are events)."""
+    document: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return document

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import Project
+from .conftest import Project, run_result
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -104,7 +104,7 @@ def test_example_manifest_runs(project: Project) -> None:
     manifest.write_text(yaml.safe_dump(example), encoding="utf-8")
 
     completed = project.orchestrate("run", str(manifest), "--runs-dir", str(project.runs), "--json")
-    result = json.loads(completed.stdout)
+    result = run_result(completed.stdout)
 
     assert completed.returncode == 0, completed.stderr
     assert [agent["state"] for agent in result["agents"]] == ["succeeded"] * 3

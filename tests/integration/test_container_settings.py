@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import Project, read_json
+from .conftest import Project, read_json, run_result
 
 
 @pytest.fixture
@@ -125,7 +124,7 @@ def test_agent_finishes_when_released(running_agent: dict[str, Any]) -> None:
     (workspace / "go").write_text("go\n")
 
     stdout, _stderr = running_agent["process"].communicate(timeout=60)
-    result = json.loads(stdout)
+    result = run_result(stdout)
     assert running_agent["process"].returncode == 0
     assert result["agents"][0]["state"] == "succeeded"
     assert (workspace / "result.txt").read_text() == "done\n"

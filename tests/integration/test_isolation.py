@@ -9,7 +9,6 @@ open, which shows that the probe would notice a reachable canary.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 from pathlib import Path
@@ -18,14 +17,16 @@ from typing import Any
 import docker
 import pytest
 
-from .conftest import BASE_IMAGE, TEST_LABEL, Project, agent_workspace, read_json
+from .conftest import BASE_IMAGE, TEST_LABEL, Project, agent_workspace, read_json, run_result
 
 FAKE_SECRET_NAME = "AWS_SECRET_ACCESS_KEY"
 PASSED_NAME = "ORCHESTRATE_TEST_PASSED"
 
 
 @pytest.fixture(scope="module")
-def probe_run(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, canary: str) -> dict[str, Any]:
+def probe_run(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, canary: str
+) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("isolation")
     project = Project(root=root, name=f"t-{secrets.token_hex(4)}", client=docker_client)
     project.source.mkdir()
@@ -54,7 +55,7 @@ def probe_run(tmp_path_factory: pytest.TempPathFactory, docker_client: docker.Do
     environment = {**_environment(), FAKE_SECRET_NAME: secret, PASSED_NAME: "visible"}
     completed = project.orchestrate("run", str(manifest), "--runs-dir", str(project_runs), "--json", env=environment)
     try:
-        result = json.loads(completed.stdout)
+        result = run_result(completed.stdout)
     finally:
         for container in project.containers():
             container.remove(force=True)
@@ -70,7 +71,9 @@ def _environment() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def control_report(docker_client: docker.DockerClient, canary: str, canary_network: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def control_report(
+    docker_client: docker.DockerClient, canary: str, canary_network: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """Run the probe on the canary's network, where it must reach the canary."""
     folder = tmp_path_factory.mktemp("control")
     (folder / "probe.py").write_bytes((Path(__file__).parent / "scripts" / "probe.py").read_bytes())

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .conftest import Project, agent_workspace, read_json
+from .conftest import Project, agent_workspace, read_json, run_result
 
 
 def _agent(project: Project, result: dict, name: str) -> dict:
@@ -44,7 +44,7 @@ def test_sigint_leaves_no_container(project: Project) -> None:
 
     assert process.returncode == 130, stderr
     assert project.containers() == []
-    states = {item["state"] for item in json.loads(stdout)["agents"]}
+    states = {item["state"] for item in run_result(stdout)["agents"]}
     assert states == {"interrupted"}
 
 
@@ -61,14 +61,15 @@ def test_sigterm_leaves_no_container(project: Project) -> None:
 
 
 def test_vanished_container_is_evidence_missing(project: Project) -> None:
-    manifest = project.manifest([{"name": "victim", "command": ["sleep", "600"]}])
+    # Removing the container from outside is tampering; with the policy at warn the run goes on to its end.
+    manifest = project.manifest([{"name": "victim", "command": ["sleep", "600"]}], policy={"tampering": "warn"})
     process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
     container = project.wait_for_running(1)[0]
 
     container.remove(force=True)
     stdout, stderr = process.communicate(timeout=60)
 
-    victim = json.loads(stdout)["agents"][0]
+    victim = run_result(stdout)["agents"][0]
     assert process.returncode == 1, stderr
     assert victim["state"] == "evidence-missing"
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import orchestrator.publish as publish_module
-
 from orchestrator.publish import PublishError, publish_agent, state_folder
 
 from .test_publish_support import (
