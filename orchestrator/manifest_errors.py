@@ -50,6 +50,10 @@ def problems_from_validation(
     for error in exc.errors(include_url=False):
         path = tuple(part for part in error["loc"] if part not in _INTERNAL_SEGMENTS)
         message = _message(error, path, document)
+        if path and path[-1] == "[key]":
+            # pydantic marks a bad mapping key with a "[key]" segment; the key itself is the field in error.
+            path = path[:-1]
+            message = message.replace("invalid value", "invalid key", 1)
         if (path, message) in seen:
             continue
         seen.add((path, message))

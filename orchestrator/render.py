@@ -28,10 +28,29 @@ def plan_text(plan: RunPlan) -> str:
     ]
     for shared in plan.shared:
         lines.append(f"  shared    {shared.path} ({shared.mode})")
+    lines.append(f"  policy    {_policy_text(plan.policy)}")
+    monitor, shutdown = plan.monitor, plan.shutdown
+    lines.append(
+        f"  monitor   posture every {monitor.posture_interval:g} s, rescan every {monitor.rescan_interval:g} s, "
+        + ("publish while running" if monitor.publish_while_running else "publish after a clean exit only")
+    )
+    lines.append(f"  shutdown  deadline {shutdown.deadline:g} s, grace {shutdown.grace:g} s after a violation")
     for agent in plan.agents:
         lines.append("")
         lines.extend(_agent_lines(agent))
     return "\n".join(lines)
+
+
+def _policy_text(policy: dict[str, str]) -> str:
+    """Describe the policy in one line, naming only the kinds whose action is not shutdown."""
+    others = {kind: action for kind, action in policy.items() if action != "shutdown"}
+    if not others:
+        return "shutdown on every violation"
+    by_action: dict[str, list[str]] = {}
+    for kind, action in others.items():
+        by_action.setdefault(action, []).append(kind)
+    rest = "; ".join(f"{action} on {', '.join(kinds)}" for action, kinds in sorted(by_action.items()))
+    return f"shutdown on the other violations; {rest}"
 
 
 def _agent_lines(agent: AgentPlan) -> list[str]:

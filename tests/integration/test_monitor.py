@@ -203,3 +203,23 @@ def test_a_flood_of_files_keeps_the_run_healthy(project: Project) -> None:
     assert code == 0, result
     assert result["violations"] == 0
     assert result["agents"][0]["files"] == 20_000
+
+
+def test_thirty_stubborn_agents_stop_within_the_deadline(project: Project) -> None:
+    # Field reports R2 and R6: every agent ignores SIGTERM and holds a waiting thread, yet the stop has
+    # threads of its own, kills after the grace period, and counts a container stopped only by inspect.
+    stubborn = sh(f"trap '' TERM; {HOLD}")
+    agents = [{"name": f"a{index:02d}", "command": stubborn, "writes": [f"a{index:02d}/**"]} for index in range(30)]
+    manifest = project.manifest(agents)
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    running = project.wait_for_running(30, deadline=120)
+    run_id = running[0].labels["orchestrate.run"]
+    (project.runs / run_id / "agents" / "a07" / "stray.txt").write_text("outside every claim\n")
+
+    code, result, stderr = finish(process, timeout=120)
+    assert code == 3, stderr
+    assert result["stopped_by"]["kind"] == "claim-violation"
+    assert result["stop_seconds"] < 15
+    assert project.containers() == []
+    killed = [item for item in result["agents"] if item["exit_code"] == 137]
+    assert len(killed) == 30

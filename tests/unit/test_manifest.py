@@ -12,7 +12,7 @@ import logging
 import math
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,10 @@ from typer.testing import CliRunner, Result
 
 from orchestrator import cli
 from orchestrator.errors import EXIT_INVALID_INPUT, DockerUnavailable, ManifestError
-from orchestrator.manifest import load_manifest
+from orchestrator.manifest import LoadedManifest, load_manifest
+from orchestrator.plan import RunPlan
 from orchestrator.units import format_duration, format_size, parse_duration, parse_size
+from tests.unit.conftest import ManifestData, manifest_data
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "agents.example.yaml"
 # A line that ends with this comment is the line the expected message must name.
@@ -685,3 +687,23 @@ def test_example_manifest_matches_schema() -> None:
     document = yaml.safe_load((repository / "configs" / "agents.example.yaml").read_text(encoding="utf-8"))
 
     jsonschema.validate(document, manifest_schema())
+
+
+def test_policy_monitor_and_shutdown_errors_name_the_field(load_data: Callable[[ManifestData], LoadedManifest],
+                                                           source_dir: Path) -> None:
+    data = manifest_data(source_dir, policy={"tamper": "warn", "escape-attempt": "ignore"},
+                         monitor={"posture_interval": "0.1s"}, shutdown={"deadline": 0})
+    with pytest.raises(ManifestError) as caught:
+        load_data(data)
+    text = str(caught.value)
+    assert "policy.tamper: invalid key 'tamper'; use 'write-conflict'" in text
+    assert "policy.escape-attempt: invalid value 'ignore'; use 'shutdown', 'stop-agent' or 'warn'" in text
+    assert "monitor.posture_interval" in text
+    assert "shutdown.deadline" in text
+
+
+def test_policy_defaults_fill_every_kind(plan_for: Callable[..., RunPlan], source_dir: Path) -> None:
+    plan = plan_for(manifest_data(source_dir, policy={"tampering": "warn"}))
+    assert plan.policy["tampering"] == "warn"
+    assert plan.policy["write-conflict"] == "shutdown"
+    assert len(plan.policy) == 7
