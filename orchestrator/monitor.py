@@ -32,6 +32,9 @@ from .workspace_watch import FileMonitor
 
 log = logging.getLogger(__name__)
 
+# The longest a closed file waits to be published while its agent keeps writing others.
+PUBLISH_MAX_DELAY = 5.0
+
 Report = Callable[[Violation], None]
 Publish = Callable[[AgentPlan, frozenset[str]], Awaitable[None]]
 
@@ -65,6 +68,7 @@ class Monitor:
         self._seen_exit: set[str] = set()
         self._pending: dict[str, set[str]] = {}
         self._last_close: dict[str, float] = {}
+        self._first_close: dict[str, float] = {}
         self._publish_wakeup = anyio.Event()
         self._posture_wakeup = anyio.Event()
         self._feed: EventFeed | None = None
@@ -109,9 +113,18 @@ class Monitor:
     def _ready(self, agent: str, paths: set[str]) -> None:
         if agent in self._stopping:
             return
+        now = time.monotonic()
+        if agent not in self._pending:
+            self._first_close[agent] = now
         self._pending.setdefault(agent, set()).update(paths)
-        self._last_close[agent] = time.monotonic()
+        self._last_close[agent] = now
         self._publish_wakeup.set()
+
+    def _due(self, agent: str, now: float) -> bool:
+        # Quiet for the debounce, or waiting too long: an agent that never pauses still gets published.
+        debounce = self.plan.monitor.publish_debounce
+        quiet = now - self._last_close.get(agent, 0) >= debounce
+        return quiet or now - self._first_close.get(agent, now) >= max(PUBLISH_MAX_DELAY, debounce)
 
     async def _publisher(self) -> None:
         assert self._publish is not None
@@ -121,7 +134,7 @@ class Monitor:
             self._publish_wakeup = anyio.Event()
             while self._pending:
                 now = time.monotonic()
-                due = [agent for agent in self._pending if now - self._last_close.get(agent, 0) >= debounce]
+                due = [agent for agent in self._pending if self._due(agent, now)]
                 if not due:
                     await anyio.sleep(debounce / 2)
                     continue

@@ -197,12 +197,13 @@ def test_a_flood_of_files_keeps_the_run_healthy(project: Project) -> None:
     )
     manifest = project.manifest(
         [{"name": "flooder", "command": ["python3", "-c", flood], "writes": ["flood/**"]}],
-        monitor={"publish_while_running": False},
     )
     code, result = project.run_json(manifest)
     assert code == 0, result
     assert result["violations"] == 0
     assert result["agents"][0]["files"] == 20_000
+    published = project.root / "generated" / "flood"
+    assert sum(1 for _ in published.rglob("f*")) == 20_000
 
 
 def test_thirty_stubborn_agents_stop_within_the_deadline(project: Project) -> None:
