@@ -141,6 +141,7 @@ def test_quota_exceeded_stops_the_run(project: Project) -> None:
     code, result = project.run_json(manifest)
     assert code == 3, result
     assert result["stopped_by"]["kind"] == "quota-exceeded"
+    assert result["stopped_by"]["agent"] == "hoarder"
     assert "over the limit of 5" in result["stopped_by"]["detail"]
 
 
@@ -153,6 +154,7 @@ def test_an_exec_from_outside_is_tampering(project: Project) -> None:
     assert code == 3, stderr
     assert result["stopped_by"]["kind"] == "tampering"
     assert result["stopped_by"]["subject"].startswith("exec_")
+    assert result["stopped_by"]["agent"] == "target"
     assert project.containers() == []
 
 
@@ -224,3 +226,24 @@ def test_thirty_stubborn_agents_stop_within_the_deadline(project: Project) -> No
     assert project.containers() == []
     killed = [item for item in result["agents"] if item["exit_code"] == 137]
     assert len(killed) == 30
+
+
+def test_a_changed_limit_is_posture_drift(project: Project) -> None:
+    # With tampering at warn, the update event is only recorded; the posture check then stops the run.
+    manifest = project.manifest(
+        [{"name": "target", "command": sh(HOLD), "resources": {"memory": "256m"}}],
+        policy={"tampering": "warn"}, monitor={"posture_interval": "1s"},
+    )
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    container = project.wait_for_running(1)[0]
+    changed_at = time.monotonic()
+    subprocess.run(["docker", "update", "--memory", "300m", "--memory-swap", "300m", container.id],
+                   check=True, capture_output=True, timeout=30)
+    code, result, stderr = finish(process)
+    assert code == 3, stderr
+    assert result["stopped_by"]["kind"] == "posture-drift"
+    assert result["stopped_by"]["agent"] == "target"
+    assert result["stopped_by"]["subject"] == "memory"
+    assert time.monotonic() - changed_at < 1 + 1 + 15
+    warned = [item for item in audit_records(Path(result["run_dir"]), "violation") if item.get("action") == "warn"]
+    assert [item["violation"] for item in warned] == ["tampering"]
