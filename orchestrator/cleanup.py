@@ -7,6 +7,7 @@ from pathlib import Path
 from .errors import InputError
 from .plan import LABEL_AGENT, LABEL_RUN, RUN_ID_PATTERN, RunPlan
 from .runtime.docker import DockerRuntime
+from .status import is_active
 from .workspace import remove_tree
 
 
@@ -24,20 +25,45 @@ def _workspaces_outside(run_folder: Path) -> list[Path]:
     ]
 
 
+def _reason_to_keep(runs_root: Path, run_id: str) -> str | None:
+    folder = runs_root / run_id
+    if not RUN_ID_PATTERN.fullmatch(run_id) or not folder.is_dir():
+        return f"its folder is not in {runs_root}; remove them with `orchestrate cleanup {run_id}`"
+    if is_active(folder):
+        return f"it is active; stop it with `orchestrate stop {run_id}`"
+    return None
+
+
 def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove_files: bool) -> str:
-    """Force-remove the containers of one run (or of every run); return a report."""
+    """Force-remove the containers of one run, or of every dead run of `runs_root`; return a report."""
     if run_id is not None and not RUN_ID_PATTERN.fullmatch(run_id):
         raise InputError(f"invalid run id '{run_id}'; copy it from the run's summary or from {runs_root}/")
     if remove_files and run_id is None:
         raise InputError("--remove-files needs a RUN; name the run whose folder should be deleted")
 
+    if run_id is not None and is_active(runs_root / run_id):
+        raise InputError(
+            f"run {run_id} is active: its orchestrate process holds {runs_root / run_id / 'run.lock'}; "
+            f"stop it with `orchestrate stop {run_id}`, which keeps its evidence"
+        )
+
     containers = runtime.list_labelled({LABEL_RUN: run_id})
     lines = []
+    skipped: dict[str, str] = {}
     for container_id in containers:
         labels = runtime.inspect(container_id)["Config"].get("Labels") or {}
+        owner_run = str(labels.get(LABEL_RUN))
+        if run_id is None:
+            # Without a RUN only this runs folder's dead runs are cleaned: another folder's run may be alive.
+            reason = _reason_to_keep(runs_root, owner_run)
+            if reason is not None:
+                skipped[owner_run] = reason
+                continue
         runtime.remove(container_id)
-        owner = f"run {labels.get(LABEL_RUN)}, agent {labels.get(LABEL_AGENT)}"
+        owner = f"run {owner_run}, agent {labels.get(LABEL_AGENT)}"
         lines.append(f"removed container {container_id[:12]} ({owner})")
+    for skipped_run, reason in sorted(skipped.items()):
+        lines.append(f"kept the containers of run {skipped_run}: {reason}")
     if not containers:
         lines.append("no container of " + (f"run {run_id}" if run_id else "any run") + " is left")
     if run_id is not None and not (runs_root / run_id).is_dir() and not containers:

@@ -120,12 +120,15 @@ def run(
         float, typer.Option("--grace", min=0, help="Seconds between SIGTERM and SIGKILL when stopping agents.")
     ] = 3.0,
     live: Annotated[
-        bool, typer.Option("--live/--no-live", help="Show a live table of the agents (default: on a terminal).")
-    ] = sys.stderr.isatty(),
+        bool | None,
+        typer.Option("--live/--no-live", help="Show a live table of the agents; on by default on a terminal.",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Start every agent of MANIFEST in its own hardened container and wait for all of them.
 
-    Exit 0 when every agent succeeded, 1 when one failed, 3 when a violation stopped the run.
+    Exit codes: 0 every agent succeeded, 1 one did not, 2 invalid manifest, 3 a violation stopped the run,
+    4 Docker or an image is missing, 130 interrupted.
     """
 
     _options["json"] = json_output
@@ -147,7 +150,8 @@ def run(
             if all(problem.cause == "image-missing" for problem in exc.problems):
                 raise ImageMissing(str(exc)) from exc
             raise
-        table = LiveTable() if live and not json_output else None
+        show_live = sys.stderr.isatty() if live is None else live
+        table = LiveTable() if show_live and not json_output else None
         if table is not None:
             handler = table.handler()
             handler.setFormatter(logging.Formatter("orchestrate: %(message)s"))
@@ -315,6 +319,9 @@ def status(
     ] = None,
     runs_dir: RunsDirOption = Path("runs"),
     json_output: JsonOption = False,
+    engine_wide: Annotated[
+        bool, typer.Option("--all", help="Also list runs of other runs folders that still have containers.")
+    ] = False,
 ) -> None:
     """List the runs in the runs folder: active, finished or dead, and their containers; or one run's agents."""
     _options["json"] = json_output
@@ -329,11 +336,17 @@ def status(
         runtime = _runtime()
         containers = runtime.client.api.containers(all=True, filters={"label": LABEL_RUN})
         statuses = run_statuses(runs_dir, containers)
+        elsewhere = [item for item in statuses if item.state == "unknown folder"]
+        if not engine_wide:
+            statuses = [item for item in statuses if item.state != "unknown folder"]
+        if not runs_dir.is_dir():
+            typer.echo(f"orchestrate: no runs folder at {runs_dir}; pass --runs-dir with the folder of your runs",
+                       err=True)
         if json_output:
             typer.echo(json.dumps([item.to_json() for item in statuses], indent=2))
             return 0
         if not statuses:
-            typer.echo(f"no run in {runs_dir} and no container of any run")
+            typer.echo(f"no run in {runs_dir}")
             return 0
         rows = [("RUN", "STATE", "AGENTS", "CONTAINERS", "RUNNING", "EXIT")]
         for item in statuses:
@@ -343,6 +356,8 @@ def status(
         dead = [item.run_id for item in statuses if item.state == "dead" and item.containers]
         for dead_id in dead:
             typer.echo(f"run {dead_id} died and left containers; remove them with `orchestrate cleanup {dead_id}`")
+        if elsewhere and not engine_wide:
+            typer.echo(f"{len(elsewhere)} run(s) of other runs folders still have containers; list them with --all")
         return 0
 
     _guarded(body)
@@ -425,8 +440,10 @@ def stop(
         from .errors import InputError
         from .stopping import stop as stop_runs
 
-        if all_runs == (run_id is not None):
-            raise InputError("name one RUN to stop, or pass --all to stop every run; not both")
+        if all_runs and run_id is not None:
+            raise InputError("give either a RUN or --all, not both")
+        if not all_runs and run_id is None:
+            raise InputError("name the RUN to stop (list runs with `orchestrate status`), or pass --all")
         reports = stop_runs(_runtime, runs_dir, run_id, now=now, wait_seconds=wait_seconds)
         if json_output:
             documents = [report.to_json() for report in reports]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .claims import Claim
 from .layout import STATE_FOLDER
 from .plan import RunPlan
-from .publish.stage import symlink_escapes
+from .symlinks import ReadLink, link_escapes
 from .violations import CLAIM_VIOLATION, WRITE_CONFLICT
 
 
@@ -50,12 +50,12 @@ class Finding:
     detail: str
 
 
-def escape_problem(entry: Entry) -> str | None:
-    """Return why an entry is an escape attempt, or None."""
+def escape_problem(entry: Entry, readlink: ReadLink | None = None) -> str | None:
+    """Return why an entry is an escape attempt, or None; `readlink` resolves links on a symlink's way."""
     mode = entry.mode
     if stat.S_ISLNK(mode):
         parts = tuple(entry.path.split("/")[:-1])
-        if symlink_escapes(parts, entry.target or ""):
+        if link_escapes(parts, entry.target or "", readlink):
             return f"is a symlink to {entry.target!r}, outside the workspace"
         return None
     if stat.S_ISFIFO(mode):

@@ -47,6 +47,20 @@ Duration = Annotated[
 ]
 
 
+def _duration_or_zero(value: object) -> object:
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return parse_duration(value)
+
+
+# A duration that may also be 0, such as a grace period that skips SIGTERM.
+DurationOrZero = Annotated[
+    float,
+    BeforeValidator(_duration_or_zero),
+    WithJsonSchema({"type": ["string", "number"], "examples": ["0", "200ms", "1s"]}),
+]
+
+
 # A Docker image reference: [registry[:port]/]path[:tag][@digest], lowercase path components.
 IMAGE_REFERENCE = re.compile(
     r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?/)?"
@@ -211,8 +225,9 @@ class Shutdown(Model):
 
     # Every container has exited by then; the grace period is cut to fit.
     deadline: Duration = Field(default=15.0, ge=1, le=3600)
-    # Seconds between SIGTERM and SIGKILL when a violation stops the run.
-    grace: Duration = Field(default=0.5, ge=0, le=3600)
+    # Seconds between SIGTERM and SIGKILL when a violation stops the run: short, since speed matters more
+    # than a clean exit for an agent that broke a rule, but long enough for a tool to flush what it holds.
+    grace: DurationOrZero = Field(default=0.1, ge=0, le=3600)
 
 
 class Source(Model):

@@ -9,6 +9,7 @@ in the run folder, because the run's own log ends with its run-end record.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,8 @@ def publish_run(runs_root: Path, run_id: str, agent: str | None, *, force: bool 
         raise InputError(f"run {run_id} has no agent '{agent}'; its agents are: {names}")
 
     outcomes = _agent_outcomes(run_dir)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    # With a random tag, two republishes in the same second get logs of their own.
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
     with AuditLog.create(run_dir / f"audit-publish-{stamp}.jsonl", run_id=plan.run_id) as audit:
         audit.append("run-start", action="publish", agents=[item.name for item in agents], force=force)
         reports = [_publish_one(plan, item, outcomes.get(item.name), force=force, audit=audit) for item in agents]

@@ -34,7 +34,9 @@ def plan_text(plan: RunPlan) -> str:
         f"  monitor   posture every {monitor.posture_interval:g} s, rescan every {monitor.rescan_interval:g} s, "
         + ("publish while running" if monitor.publish_while_running else "publish after a clean exit only")
     )
-    lines.append(f"  shutdown  deadline {shutdown.deadline:g} s, grace {shutdown.grace:g} s after a violation")
+    grace = min(shutdown.grace, shutdown.deadline / 2)
+    cut = f" (cut from {shutdown.grace:g} s to fit the deadline)" if grace < shutdown.grace else ""
+    lines.append(f"  shutdown  deadline {shutdown.deadline:g} s, grace {grace:g} s after a violation{cut}")
     for agent in plan.agents:
         lines.append("")
         lines.extend(_agent_lines(agent))
@@ -111,4 +113,9 @@ def result_text(result: RunResult) -> str:
     lines.append("")
     lines.append(f"run {result.run_id}: {result.headline()} in {result.seconds:.2f} s")
     lines.append(f"workspaces and logs: {_shown(result.run_dir / 'agents')}")
+    if result.stopped_by is not None:
+        lines.append(f"evidence: {_shown(result.run_dir / 'evidence')}")
+    if result.audit_head:
+        # On standard output too, so a CI log keeps the anchor even with --quiet.
+        lines.append(f"audit log head: {result.audit_head}")
     return "\n".join(line.rstrip() for line in lines)

@@ -42,6 +42,8 @@ class AgentResult:
     stop_seconds: float | None = None
     published: int = 0
     publish_findings: list[dict[str, str]] = field(default_factory=list)
+    # Paths published for this agent during the run, while it ran and after it exited.
+    published_paths: set[str] = field(default_factory=set)
     _failure: tuple[str, str] | None = None
     _started: float | None = None
     _ended: float | None = None
@@ -97,12 +99,18 @@ class AgentResult:
         return clean and self.exit_code == 0
 
     def record_publish(self, report: PublishReport) -> None:
-        self.published = sum(item.action != "unchanged" for item in report.published)
+        self.note_published(report)
+        self.published = len(self.published_paths)
         self.publish_findings = [finding.to_json() for finding in report.findings[:1000]]
         if report.findings:
             first = report.findings[0]
             count = len(report.findings)
             self.fail("violation", f"{count} publishing finding(s), first {first.kind}: {first.path}: {first.detail}")
+
+    def note_published(self, report: PublishReport) -> None:
+        """Count the files of a publish, so a file published while running is not "unchanged" at the end."""
+        self.published_paths.update(item.path for item in report.published if item.action != "unchanged")
+        self.published = len(self.published_paths)
 
     def audit_fields(self) -> dict[str, Any]:
         return {
@@ -229,7 +237,7 @@ class RunResult:
         noun = "agent" if len(self.agents) == 1 else "agents"
         text = f"{succeeded} of {len(self.agents)} {noun} succeeded"
         if self.stopped_by:
-            text += f"; stopped by a {self.stopped_by['kind']} of agent {self.stopped_by['agent']}"
+            text += f"; stopped by a violation ({self.stopped_by['kind']}) of agent {self.stopped_by['agent']}"
             if self.stop_seconds is not None:
                 text += f" in {self.stop_seconds:.3f} s"
         elif self.interrupted_by:

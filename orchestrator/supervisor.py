@@ -36,7 +36,7 @@ from .results import AgentResult, RunResult
 from .runtime import Lifeline, Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
 from .runtime.inspection import security_summary
-from .shutdown import DEFAULT_GRACE, StopOutcome, stop_all, stop_container
+from .shutdown import DEFAULT_GRACE, stop_all, stop_container
 from .status import RunLock
 from .violations import Violation
 from .workers import Workers
@@ -86,6 +86,8 @@ class Supervisor:
         self.stopped_by: Violation | None = None
         self.stop_seconds: float | None = None
         self._halted = False
+        # Set when an emergency stop has every container stopped; evidence work waits for it.
+        self._stop_done = anyio.Event()
         self._background: anyio.abc.TaskGroup | None = None
 
     def _audit(self, kind: str, **fields: object) -> None:
@@ -228,6 +230,10 @@ class Supervisor:
             container_id = self._containers.get(agent.name)
             if container_id is not None:
                 with anyio.move_on_after(EVIDENCE_DEADLINE, shield=True):
+                    if self.stopped_by is not None:
+                        # Saving logs and removing containers would take threads and engine time from the
+                        # kills still in flight; evidence never delays the stop.
+                        await self._stop_done.wait()
                     await self._finish(agent, container_id, result)
             lifeline = self._lifelines.pop(agent.name, None)
             if lifeline is not None:
@@ -375,6 +381,8 @@ class Supervisor:
             await self.workers.stop_call(self.runtime.remove, container_id)
             self._containers.pop(agent.name, None)
 
+        # A last look by the monitor, so an entry planted just before the exit is judged like any other.
+        await self.monitor.files.scan_agent(agent.name)
         scan = await anyio.to_thread.run_sync(workspace.scan, agent.workspace)
         result.record_workspace(scan)
         for finding in scan.findings:
@@ -393,11 +401,12 @@ class Supervisor:
             self._audit("violation", agent=agent.name, violation="publish-failed", detail=str(exc))
             result.fail("error", f"publishing failed: {exc}")
             return
+        early = len(result.published_paths)
         result.record_publish(report)
         changed = sum(item.action != "unchanged" for item in report.published)
         log.info(
-            "agent %s: published %d file(s) (%d unchanged) in %.2f s, %d finding(s)",
-            agent.name, changed, len(report.published) - changed, report.seconds, len(report.findings),
+            "agent %s: published %d file(s) at its exit, %d while it ran, in %.2f s, %d finding(s)",
+            agent.name, changed, early, report.seconds, len(report.findings),
         )
 
     def _publish_in_thread(self, agent: AgentPlan, publish: bool) -> PublishReport:
@@ -464,9 +473,10 @@ class Supervisor:
             outcome = await stop_container(self.runtime, self.workers, container_id,
                                            grace=self.plan.shutdown.grace, force=self.force)
         seconds = time.monotonic() - violation.detected_at
+        self.results[violation.agent].stop_seconds = seconds
         log.warning("agent %s stopped %.3f s after its %s", violation.agent, seconds, violation.kind)
         self._audit("agent-stopped", agent=violation.agent, reason=violation.kind, seconds=round(seconds, 3),
-                    stopped=outcome.stopped, killed=outcome.killed)
+                    stopped=outcome.stopped, sigkill_sent=outcome.killed)
 
     async def _emergency_stop(self, violation: Violation) -> None:
         """Stop every container of the run in parallel, measure how long it took, then let agents finish."""
@@ -474,38 +484,52 @@ class Supervisor:
         # SIGKILL and its confirmation need time too, so the grace period takes at most half the deadline.
         grace = min(self.plan.shutdown.grace, deadline / 2)
         self.monitor.stopping_all()
+        for name, result in self.results.items():
+            # An agent that already ended keeps its own outcome.
+            if name != violation.agent and result.ended_at is None:
+                result.fail("interrupted", f"stopped because the run was stopped by a {violation.kind} of agent "
+                                           f"{violation.agent}")
         log.warning("stopping every agent of run %s: %s", self.plan.run_id, violation.describe())
         self._notify(Activity("shutdown", violation.agent, f"stopping every agent: {violation.kind}"))
-        containers = list(self._containers.values())
-        outcomes: list[StopOutcome] = []
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(deadline) as timer:
-                outcomes = await stop_all(self.runtime, self.workers, containers, grace=grace, force=self.force)
-            seconds = time.monotonic() - violation.detected_at
-            self.stop_seconds = seconds
-            running = [item.container_id[:12] for item in outcomes if not item.stopped]
-            within = not timer.cancelled_caught and not running and seconds <= deadline
-            message = (f"run stopped {seconds:.3f} s after the {violation.kind} "
-                       f"(deadline {deadline:.0f} s{'' if within else ', MISSED'})")
-            (log.warning if within else log.error)("%s", message)
-            self._notify(Activity("shutdown", violation.agent, message,
-                                  {"seconds": round(seconds, 3), "within_deadline": within}))
-            self._audit("shutdown", reason=violation.kind, agent=violation.agent, seconds=round(seconds, 6),
-                        deadline=deadline, grace=grace, containers=len(containers),
-                        killed=sum(item.killed for item in outcomes), still_running=running,
-                        within_deadline=within)
+            try:
+                await self._stop_every_container(violation, grace, deadline)
+            finally:
+                self._stop_done.set()
         if self._agents_scope is not None:
             self._agents_scope.cancel()
+
+    async def _stop_every_container(self, violation: Violation, grace: float, deadline: float) -> None:
+        containers = list(self._containers.values())
+        # Not cut at the deadline: each stop is bounded by the grace period and the kill's confirmation, and
+        # the complete outcomes say which container, if any, outlived the deadline.
+        outcomes = await stop_all(self.runtime, self.workers, containers, grace=grace, force=self.force)
+        seconds = time.monotonic() - violation.detected_at
+        self.stop_seconds = seconds
+        running = [item.container_id[:12] for item in outcomes if not item.stopped]
+        within = not running and seconds <= deadline
+        message = (f"run stopped {seconds:.3f} s after the {violation.kind} "
+                   f"(deadline {deadline:g} s{'' if within else ', MISSED'})")
+        (log.warning if within else log.error)("%s", message)
+        self._notify(Activity("shutdown", violation.agent, message,
+                              {"seconds": round(seconds, 3), "within_deadline": within}))
+        self._audit("shutdown", reason=violation.kind, agent=violation.agent, seconds=round(seconds, 6),
+                    deadline=deadline, grace=grace, containers=len(containers),
+                    sigkill_sent=sum(item.killed for item in outcomes), still_running=running,
+                    within_deadline=within)
 
     async def _publish_closed(self, agent: AgentPlan, paths: frozenset[str]) -> None:
         """Publish files an agent closed while running; the final publish after its exit checks them all."""
         request = replace(publish_request(self.plan, agent), only=paths)
         try:
             report = await self.workers.call(publish_agent, request)
-        except (PublishError, OSError) as exc:
-            log.warning("agent %s: publishing while running failed: %s", agent.name, exc)
+        except Exception as exc:  # noqa: BLE001 - publishing early is a convenience; it must never end the run.
+            if not isinstance(exc, PublishError | OSError):
+                log.exception("agent %s: publishing while running failed unexpectedly", agent.name)
+            log.warning("agent %s: publishing while running failed: %s; its exit publishes again", agent.name, exc)
             return
         audit_report(self._audit, agent.name, report)
+        self.results[agent.name].note_published(report)
         changed = [item.path for item in report.published if item.action != "unchanged"]
         if changed:
             self._notify(Activity("published", agent.name, f"published {len(changed)} file(s)",
@@ -525,6 +549,8 @@ class Supervisor:
             details = None
         if isinstance(details, dict):
             self._audit("stop-requested", signal=signal_name, request=details)
+            log.warning("`orchestrate stop` asked for this (process %s, user %s)", details.get("by_pid"),
+                        details.get("user"))
 
     async def _collect_evidence(self) -> None:
         sources = [

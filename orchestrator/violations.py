@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from .manifest import PolicyAction, ViolationKind
+from .results import printable
 
 KINDS: tuple[str, ...] = get_args(ViolationKind)
 ACTIONS: tuple[str, ...] = get_args(PolicyAction)
@@ -59,5 +60,9 @@ class Violation:
         }
 
     def describe(self) -> str:
-        subject = f" {self.subject}:" if self.subject else ""
-        return f"{self.kind} by agent {self.agent}:{subject} {self.detail}"
+        # Tampering and drift are done to an agent's container, not by the agent.
+        relation = "on the container of agent" if self.kind in (TAMPERING, POSTURE_DRIFT) else "by agent"
+        repeated = not self.subject or self.detail.startswith(self.subject)
+        # Paths and details come from the agent, so they are escaped before they reach a terminal.
+        subject = "" if repeated else f" {printable(self.subject)}:"
+        return f"{self.kind} {relation} {self.agent}:{subject} {printable(self.detail)}"

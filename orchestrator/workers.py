@@ -24,7 +24,9 @@ class Workers:
     def __init__(self, agent_count: int) -> None:
         self.control = anyio.CapacityLimiter(CONTROL_THREADS)
         self.waiting = anyio.CapacityLimiter(max(agent_count, 1) * 2 + 2)
-        self.shutdown = anyio.CapacityLimiter(SHUTDOWN_THREADS)
+        # A SIGKILL call returns only when its container has exited, so each agent may hold a thread
+        # during a stop; with fewer, the kills of a large run go out in waves.
+        self.shutdown = anyio.CapacityLimiter(max(SHUTDOWN_THREADS, agent_count + 4))
 
     async def call(self, function: Callable[..., T], *args: object) -> T:
         """Run a short blocking call; cancellation waits for it to return."""

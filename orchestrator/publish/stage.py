@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..claims import Claim
-from ..layout import OUTPUT_TARGET, STATE_FOLDER
+from ..layout import STATE_FOLDER
+from ..symlinks import ReadLink, link_escapes, reader_under
 from .fsops import TEMPORARY_PREFIX, UnsafePath, open_child_directory, open_directory, read_regular_file, write_new_file
 from .model import (
     CLAIM_VIOLATION,
@@ -31,9 +31,6 @@ from .model import (
     SharedMode,
     Staged,
 )
-
-# Inside the container the workspace is OUTPUT_TARGET, so a link there points inside it.
-CONTAINER_WORKSPACE = OUTPUT_TARGET
 
 
 @dataclass
@@ -54,6 +51,7 @@ class _Walk:
     # Publish only these paths, and walk only the folders that lead to them; None walks everything.
     only: frozenset[str] | None = None
     only_folders: frozenset[str] = frozenset()
+    readlink: ReadLink | None = None
 
     def skips(self, path: str, is_folder: bool) -> bool:
         if self.only is None:
@@ -78,6 +76,7 @@ def stage_workspace(
     walk = _Walk(staging_fd=staging_fd, claims=claims, shared=shared, limits=limits, only=only,
                  only_folders=_leading_folders(only or ()))
     root_fd = open_directory(workspace)
+    walk.readlink = reader_under(root_fd)
     # Folders wait as names, not open descriptors, so a workspace of many folders cannot exhaust them.
     pending: Pending = [()]
     try:
@@ -185,7 +184,7 @@ def _visit_symlink(walk: _Walk, parts: tuple[str, ...], folder_fd: int, name: st
     except OSError as exc:
         walk.findings.append(Finding(UNREADABLE, path, f"symlink cannot be read ({exc.strerror})"))
         return
-    if symlink_escapes(parts, target):
+    if symlink_escapes(parts, target, walk.readlink):
         detail = f"symlink to {_printable(target)} points outside the workspace"
         walk.findings.append(Finding(ESCAPE_ATTEMPT, path, detail))
     else:
@@ -308,13 +307,9 @@ def name_problem(name: str, *, top_level: bool) -> str | None:
     return None
 
 
-def symlink_escapes(parts: tuple[str, ...], target: str) -> bool:
+def symlink_escapes(parts: tuple[str, ...], target: str, readlink: ReadLink | None = None) -> bool:
     """Return whether a link at `parts`/name with `target` resolves outside the workspace."""
-    if target.startswith("/"):
-        normal = posixpath.normpath(target)
-        return not (normal == CONTAINER_WORKSPACE or normal.startswith(CONTAINER_WORKSPACE + "/"))
-    resolved = posixpath.normpath(posixpath.join("/".join(parts), target))
-    return resolved == ".." or resolved.startswith("../")
+    return link_escapes(parts, target, readlink)
 
 
 def _special_kind(mode: int) -> str:

@@ -135,6 +135,8 @@ class DockerRuntime:
                 hostname=spec.hostname,
                 name=spec.name,
                 network_disabled=True,
+                # An image's own health check runs as an exec, which the monitor must treat as tampering.
+                healthcheck={"Test": ["NONE"]},
                 host_config=host_config,
             )
         warnings = tuple(response.get("Warnings") or ())

@@ -247,3 +247,31 @@ def test_a_changed_limit_is_posture_drift(project: Project) -> None:
     assert time.monotonic() - changed_at < 1 + 1 + 15
     warned = [item for item in audit_records(Path(result["run_dir"]), "violation") if item.get("action") == "warn"]
     assert [item["violation"] for item in warned] == ["tampering"]
+
+
+def test_files_published_while_running_are_counted(project: Project) -> None:
+    manifest = project.manifest([{"name": "writer", "command": sh("echo a > a.txt; sleep 2; echo b > b.txt")}])
+    completed = project.orchestrate("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    lines = [json.loads(line) for line in completed.stdout.splitlines()]
+    result = lines[-1]
+    assert completed.returncode == 0, completed.stderr
+    # a.txt was published while the agent slept; the total counts it although it was unchanged at the exit.
+    early = [item for item in lines[:-1] if item["kind"] == "published"]
+    assert early and "a.txt" in early[0]["data"]["paths"]
+    assert result["agents"][0]["published"] == 2
+    assert (project.root / "generated" / "a.txt").read_text() == "a\n"
+
+
+def test_cleanup_refuses_an_active_run(project: Project) -> None:
+    manifest = project.manifest([{"name": "sleeper", "command": sh(HOLD)}])
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    container = project.wait_for_running(1)[0]
+    run_id = container.labels["orchestrate.run"]
+    refused = project.orchestrate("cleanup", run_id, "--runs-dir", str(project.runs))
+    assert refused.returncode == 2
+    assert f"orchestrate stop {run_id}" in refused.stderr
+    container.reload()
+    assert container.status == "running"
+    stopped = project.orchestrate("stop", run_id, "--runs-dir", str(project.runs))
+    assert stopped.returncode == 0, stopped.stderr
+    assert finish(process)[0] == 130

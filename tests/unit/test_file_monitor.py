@@ -133,13 +133,14 @@ def test_closed_files_are_offered_for_publishing_but_append_paths_wait(two_write
         (alpha / "SUMMARY.md").write_text("line\n")
         (alpha / "alpha" / "new").mkdir()
         (alpha / "alpha" / "new" / "b.md").write_text("b\n")
-        os.utime(alpha / "alpha" / "new" / "b.md", (time.time() - 60, time.time() - 60))
         await anyio.sleep(0.3)
 
     recorder = run_monitor(two_writers, act)
     offered = set().union(*(paths for name, paths in recorder.ready if name == "alpha"))
-    # a.md was closed under a watch; b.md was found by the scan of its new folder and is old enough.
-    assert {"alpha/a.md", "alpha/new/b.md"} <= offered
+    # a.md was closed under a watch. b.md was only found by the scan of its new folder, with no close seen,
+    # so it could still be open for writing: it waits for the agent's exit.
+    assert "alpha/a.md" in offered
+    assert "alpha/new/b.md" not in offered
     assert "SUMMARY.md" not in offered
     assert not recorder.violations
 
@@ -217,3 +218,93 @@ def test_claim_map_rules() -> None:
     assert finding is not None and finding.kind == "claim-violation"
     finding = claims.judge_write("a", ".orchestrate/ledger", "a")
     assert finding is not None and finding.kind == "claim-violation"
+
+
+def test_an_intruder_writing_first_does_not_make_the_owner_the_culprit(
+    plan_for: Callable[..., RunPlan], source_dir: Path
+) -> None:
+    plan = plan_for(manifest_data(source_dir, agents=[agent("owner", writes=["reports/**"]), agent("intruder")]))
+    workspace.prepare(plan)
+
+    async def act(monitor: FileMonitor, recorder: Recorder) -> None:
+        (ws(plan, "intruder") / "reports").mkdir()
+        (ws(plan, "intruder") / "reports" / "x.md").write_text("first, but not the owner\n")
+        await until(lambda: bool(recorder.violations))
+        (ws(plan, "owner") / "reports").mkdir()
+        (ws(plan, "owner") / "reports" / "x.md").write_text("the owner's\n")
+        await anyio.sleep(0.3)
+
+    recorder = run_monitor(plan, act)
+    assert [(v.kind, v.agent) for v in recorder.violations] == [("write-conflict", "intruder")]
+
+
+def test_a_link_through_a_self_link_is_an_escape(two_writers: RunPlan) -> None:
+    # Red-team finding: `s -> .` makes s/s/../.. climb out although the text normalizes inside.
+    alpha = ws(two_writers, "alpha")
+    (alpha / "alpha").mkdir()
+
+    async def act(monitor: FileMonitor, recorder: Recorder) -> None:
+        os.symlink(".", alpha / "alpha" / "s")
+        os.symlink("/".join(["s"] * 5 + [".."] * 5 + ["etc", "shadow"]), alpha / "alpha" / "t")
+        await until(lambda: any(v.subject == "alpha/t" for v in recorder.violations))
+
+    recorder = run_monitor(two_writers, act)
+    assert ("escape-attempt", "alpha", "alpha/t") in recorder.kinds()
+    assert ("escape-attempt", "alpha", "alpha/s") not in recorder.kinds()
+
+
+def test_an_exchanged_link_is_judged(two_writers: RunPlan) -> None:
+    # Red-team finding: renameat2(RENAME_EXCHANGE) moves the old name out and the link in, in one batch.
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    alpha = ws(two_writers, "alpha")
+    (alpha / "alpha").mkdir()
+    (alpha / "alpha" / "ok").write_text("fine\n")
+
+    async def act(monitor: FileMonitor, recorder: Recorder) -> None:
+        await anyio.sleep(0.1)
+        os.symlink("/etc/shadow", alpha / "alpha" / "tmp")
+        at_fdcwd, rename_exchange = -100, 2
+        result = libc.renameat2(at_fdcwd, str(alpha / "alpha" / "tmp").encode(), at_fdcwd,
+                                str(alpha / "alpha" / "ok").encode(), rename_exchange)
+        assert result == 0, os.strerror(ctypes.get_errno())
+        await until(lambda: any(v.subject == "alpha/ok" for v in recorder.violations))
+
+    recorder = run_monitor(two_writers, act)
+    assert ("escape-attempt", "alpha", "alpha/ok") in recorder.kinds()
+
+
+def test_a_folder_swapped_for_a_link_is_not_followed(two_writers: RunPlan, tmp_path: Path) -> None:
+    # Red-team finding: the monitor must never list, watch or report anything outside the workspace.
+    outside = tmp_path / "host-secrets"
+    (outside / "inner").mkdir(parents=True)
+    (outside / "inner" / "secret.conf").write_text("host data\n")
+    alpha = ws(two_writers, "alpha")
+    (alpha / "alpha" / "a" / "inner").mkdir(parents=True)
+
+    async def act(monitor: FileMonitor, recorder: Recorder) -> None:
+        await anyio.sleep(0.1)
+        os.rename(alpha / "alpha" / "a", alpha / "alpha" / "a2")
+        os.symlink(str(outside), alpha / "alpha" / "a")
+        (alpha / "alpha" / "a2" / "inner" / "new").mkdir()
+        await anyio.sleep(0.5)
+        monitor.request_rescan()
+        await anyio.sleep(0.5)
+
+    recorder = run_monitor(two_writers, act)
+    assert not any("secret" in v.subject or "inner/secret" in v.detail for v in recorder.violations)
+    assert ("escape-attempt", "alpha", "alpha/a") in recorder.kinds()
+
+
+def test_folders_nested_too_deep_are_a_violation(two_writers: RunPlan) -> None:
+    alpha = ws(two_writers, "alpha")
+
+    async def act(monitor: FileMonitor, recorder: Recorder) -> None:
+        deep = alpha / "alpha" / "/".join(["d"] * 70)
+        deep.mkdir(parents=True)
+        monitor.request_rescan("alpha")
+        await until(lambda: any(v.kind == "quota-exceeded" for v in recorder.violations), seconds=10)
+
+    recorder = run_monitor(two_writers, act)
+    assert any(v.kind == "quota-exceeded" and "deeper than 64" in v.detail for v in recorder.violations)
