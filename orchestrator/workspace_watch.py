@@ -100,7 +100,7 @@ class _Watch:
 
 @dataclass
 class _Listing:
-    """What one walk found, handed from a worker thread to the event loop to be judged there."""
+    """The result of one walk, handed from a worker thread to the event loop to be judged there."""
 
     entries: dict[str, Entry] = field(default_factory=dict)
     problems: list[tuple[str, OSError]] = field(default_factory=list)
