@@ -497,5 +497,58 @@ def images_build(
     _guarded(body)
 
 
+@app.command()
+def validate(
+    run_id: Annotated[
+        str | None, typer.Argument(help="The run to check; every running container of any run when omitted.")
+    ] = None,
+    runs_dir: RunsDirOption = Path("runs"),
+    json_output: JsonOption = False,
+) -> None:
+    """Check every security invariant of the running agent containers, from inspect and from /proc.
+
+    Nothing runs inside the containers, so a live run goes on undisturbed.
+    Exit codes: 0 every check passed, 1 a check failed or no container was running, 2 a bad RUN.
+    """
+    _options["json"] = json_output
+
+    def body() -> int:
+        from .validate import report_rows, report_summary
+        from .validate import validate as validate_containers
+
+        report = validate_containers(_runtime(), run_id=run_id, runs_root=runs_dir)
+        if json_output:
+            typer.echo(json.dumps(report.to_json(), indent=2))
+            return report.exit_code
+        if report.containers:
+            _echo_table(report_rows(report))
+        for line in report_summary(report):
+            typer.echo(line, err=not report.containers)
+        return report.exit_code
+
+    _guarded(body)
+
+
+@app.command()
+def demo(json_output: JsonOption = False) -> None:
+    """Show each boundary of the sandbox holding, with a canary server of the demo's own, in about 30 s.
+
+    Nothing leaves this machine: every probe aims at the canary container the demo starts on a Docker
+    network it creates, and removes at the end. Exit codes: 0 every boundary held, 1 one did not, 4 Docker
+    or the base image is missing.
+    """
+    _options["json"] = json_output
+
+    def body() -> int:
+        from .demo import run_demo
+
+        result = run_demo(_runtime(), on_line=None if json_output else typer.echo)
+        if json_output:
+            typer.echo(json.dumps(result.to_json(), indent=2))
+        return 0 if result.ok else 1
+
+    _guarded(body)
+
+
 def main() -> None:
     app()
