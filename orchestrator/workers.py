@@ -1,9 +1,11 @@
-"""Worker threads for blocking runtime calls, in three pools so none can starve another.
+"""Worker threads for blocking runtime calls, in four pools so none can starve another.
 
-Control calls (create, start, inspect) share one limiter. Calls that block
-until a container exits get their own, sized to the number of agents, and can
-be abandoned on cancellation. Shutdown has capacity reserved for itself, so a
-stop never queues behind thirty threads that wait for agents to exit.
+Creates have a pool of their own, so a burst of them cannot hold the threads
+that start the containers already created. Other control calls (attach,
+start, inspect) share one limiter. Calls that block until a container exits
+get their own, sized to the number of agents, and can be abandoned on
+cancellation. Shutdown has capacity reserved for itself, so a stop never
+queues behind thirty threads that wait for agents to exit.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import anyio.to_thread
 T = TypeVar("T")
 
 CONTROL_THREADS = 16
+# Creates are many and slow when they come together; a pool of their own keeps them from holding every
+# control thread while created agents wait to be started.
+CREATE_THREADS = 8
 SHUTDOWN_THREADS = 16
 
 
 class Workers:
     def __init__(self, agent_count: int) -> None:
         self.control = anyio.CapacityLimiter(CONTROL_THREADS)
+        self.creating = anyio.CapacityLimiter(CREATE_THREADS)
         self.waiting = anyio.CapacityLimiter(max(agent_count, 1) * 2 + 2)
         # A SIGKILL call returns only when its container has exited, so each agent may hold a thread
         # during a stop; with fewer, the kills of a large run go out in waves.
@@ -31,6 +37,10 @@ class Workers:
     async def call(self, function: Callable[..., T], *args: object) -> T:
         """Run a short blocking call; cancellation waits for it to return."""
         return await anyio.to_thread.run_sync(function, *args, limiter=self.control)
+
+    async def create_call(self, function: Callable[..., T], *args: object) -> T:
+        """Run a container create; cancellation waits for it to return, so its id is never lost."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=self.creating)
 
     async def block(self, function: Callable[..., T], *args: object) -> T:
         """Run a call that blocks until something happens; cancellation abandons the thread."""
