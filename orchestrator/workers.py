@@ -18,10 +18,10 @@ import anyio.to_thread
 
 T = TypeVar("T")
 
-CONTROL_THREADS = 16
+CONTROL_THREADS = 32
 # Creates are many and slow when they come together; a pool of their own keeps them from holding every
 # control thread while created agents wait to be started.
-CREATE_THREADS = 8
+CREATE_THREADS = 32
 SHUTDOWN_THREADS = 16
 
 
