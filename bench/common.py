@@ -26,6 +26,8 @@ import docker
 import docker.errors
 import docker.types
 
+from orchestrator.seccomp import load_profile
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 # The console script next to this interpreter, so the figures include its start-up and imports.
 ORCHESTRATE = Path(sys.executable).parent / "orchestrate"
@@ -247,6 +249,8 @@ def cli_run_arguments(spec: dict[str, Any], label: str) -> list[str]:
         arguments.append("--read-only")
     if security["no_new_privileges"]:
         arguments += ["--security-opt", "no-new-privileges:true"]
+    # The same seccomp profile orchestrate passes, so the baseline does the same work in the engine.
+    arguments += ["--security-opt", load_profile(Path(security["seccomp"])).option]
     if spec["init"]:
         arguments.append("--init")
     arguments += ["--cpus", str(limits["cpus"]), "--memory", str(limits["memory"]),
@@ -280,7 +284,8 @@ def sdk_create_arguments(api: docker.APIClient, spec: dict[str, Any], label: str
         cap_add=list(security["cap_add"]) or None,
         privileged=security["privileged"],
         read_only=security["read_only_rootfs"],
-        security_opt=["no-new-privileges:true"] if security["no_new_privileges"] else [],
+        security_opt=(["no-new-privileges:true"] if security["no_new_privileges"] else [])
+        + [load_profile(Path(security["seccomp"])).option],
         ipc_mode=security["ipc_mode"],
         mounts=[_sdk_mount(mount) for mount in spec["mounts"] if mount["type"] == "bind" or mount["read_only"]],
         tmpfs={mount["target"]: tmpfs_options(spec, mount) for mount in spec["mounts"]

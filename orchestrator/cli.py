@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ImageMissing, OrchestrateError, PlanError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EnvironmentProblem, ImageMissing, OrchestrateError, PlanError
 
 if TYPE_CHECKING:
     from .runtime.docker import DockerRuntime
@@ -137,6 +137,7 @@ def run(
     def body() -> int:
         from .liveview import JsonLines, LiveTable
         from .manifest import load_manifest
+        from .plan import ENVIRONMENT_CAUSES
         from .render import result_text
         from .runner import execute, plan_manifest
 
@@ -146,9 +147,11 @@ def run(
         try:
             plan = plan_manifest(loaded, runtime, runs_root=runs_dir)
         except PlanError as exc:
-            # For `run`, a missing image is the machine's problem, not the manifest's: exit 4.
-            if all(problem.cause == "image-missing" for problem in exc.problems):
-                raise ImageMissing(str(exc)) from exc
+            # For `run`, a missing image or runtime is the machine's problem, not the manifest's: exit 4.
+            if all(problem.cause in ENVIRONMENT_CAUSES for problem in exc.problems):
+                if all(problem.cause == "image-missing" for problem in exc.problems):
+                    raise ImageMissing(str(exc)) from exc
+                raise EnvironmentProblem(str(exc)) from exc
             raise
         show_live = sys.stderr.isatty() if live is None else live
         table = LiveTable() if show_live and not json_output else None
@@ -548,6 +551,26 @@ def demo(json_output: JsonOption = False) -> None:
         return 0 if result.ok else 1
 
     _guarded(body)
+
+
+@app.command()
+def doctor(runs_dir: RunsDirOption = Path("runs"), json_output: JsonOption = False) -> None:
+    """Check that this machine can run agents: Docker, runtimes, base image, seccomp, inotify, disk.
+
+    Prints one line per check (ok, warn or fail) and the command that fixes each problem.
+    Exit 1 when orchestrate cannot run here (no engine, no base image, a broken seccomp profile), 0 otherwise.
+    """
+    _options["json"] = json_output
+
+    def body() -> int:
+        from .doctor import gather_facts, report_text, run_checks
+
+        report = run_checks(gather_facts(runs_dir))
+        typer.echo(json.dumps(report.to_json(), indent=2) if json_output else report_text(report))
+        return report.exit_code
+
+    _guarded(body)
+
 
 
 def main() -> None:

@@ -188,8 +188,14 @@ class LimitOverrides(Model):
     max_files: int | None = Field(default=None, ge=1, le=10_000_000)
 
 
+# How an agent's container is isolated from the host kernel: runc shares it, gvisor runs the agent on
+# gVisor's user-space kernel (the engine's runsc runtime).
+Isolation = Literal["runc", "gvisor"]
+
+
 class Defaults(Model):
     image: ImageReference = DEFAULT_IMAGE
+    isolation: Isolation = "runc"
     resources: Resources = Resources()
     timeout: Duration = 30 * 60.0
     env: list[EnvName] = []
@@ -242,6 +248,7 @@ class Agent(Model):
     profile: str = "custom"
     description: str | None = None
     image: ImageReference | None = None
+    isolation: Isolation | None = None
     command: Annotated[list[str], BeforeValidator(_split_command)] = Field(min_length=1)
     workdir: str = "/workspace/output"
     env: list[EnvName] = []

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import __version__
 from .errors import PlanError
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
 from .lifeline import wrapped_command
-from .manifest import Agent, LoadedManifest, Monitor, Resources, Shutdown
-from .plan_checks import check_paths
+from .manifest import Agent, Isolation, LoadedManifest, Monitor, Resources, Shutdown
+from .plan_checks import check_paths, isolation_problems
+from .seccomp import shipped_profile
 from .violations import full_policy
 
 # The unprivileged UID and GID that agents run as when orchestrate itself runs as root.
@@ -31,6 +32,13 @@ FALLBACK_GID = 1000
 LABEL_RUN = "orchestrate.run"
 LABEL_AGENT = "orchestrate.agent"
 LABEL_VERSION = "orchestrate.version"
+
+# The value of SecuritySpec.seccomp in plans written before orchestrate had its own profile.
+LEGACY_SECCOMP = "default"
+# The engine runtime that runs each isolation.
+RUNTIMES: dict[str, str] = {"runc": "runc", "gvisor": "runsc"}
+# Causes of plan problems that are the machine's, not the manifest's: `run` exits 4 for them.
+ENVIRONMENT_CAUSES = frozenset({"image-missing", "runtime-missing"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,8 @@ class HostFacts:
     userns_offset: int = 0
     environment: dict[str, str] = field(default_factory=dict)
     homes: tuple[Path, ...] = ()
+    # Runtimes the engine has registered (`docker info`, Runtimes), such as runc and runsc.
+    runtimes: tuple[str, ...] = ("runc",)
 
 
 class Frozen(BaseModel):
@@ -76,8 +86,30 @@ class SecuritySpec(Frozen):
     privileged: bool = False
     no_new_privileges: bool = True
     read_only_rootfs: bool = True
-    seccomp: Literal["default"] = "default"
+    # The project's seccomp profile: its file and the sha256 of the text sent to the engine. No manifest field
+    # sets them, and the validators reject any value that would leave an agent unconfined. LEGACY_SECCOMP only
+    # reads plan.json files of runs that ran under the engine's default profile; build_plan never writes it.
+    seccomp: str = Field(default_factory=lambda: str(shipped_profile().path))
+    seccomp_sha256: str | None = Field(default_factory=lambda: shipped_profile().sha256)
     ipc_mode: Literal["private"] = "private"
+
+    @field_validator("seccomp")
+    @classmethod
+    def _never_unconfined(cls, value: str) -> str:
+        if value.strip().lower() in ("", "unconfined"):
+            raise ValueError(f"seccomp {value!r} is not allowed: agents run under orchestrate's own profile")
+        return value
+
+    @field_validator("seccomp_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError(f"seccomp_sha256 {value!r} is not a sha256 in hex")
+        return value
+
+    @property
+    def legacy_seccomp(self) -> bool:
+        return self.seccomp == LEGACY_SECCOMP
 
 
 class ContainerSpec(Frozen):
@@ -111,6 +143,7 @@ class PublishLimitSpec(Frozen):
 class AgentPlan(Frozen):
     name: str
     profile: str
+    isolation: Isolation = "runc"
     container: ContainerSpec
     workspace: Path
     log_path: Path
@@ -187,6 +220,9 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
                 f"asks for {limits.cpus} CPUs but this machine has {facts.cpu_count}; lower it",
             ))
 
+        isolation = agent.isolation or manifest.defaults.isolation
+        problems.extend(isolation_problems(loaded, facts, index=index, isolation=isolation, pids=limits.pids))
+
         env_names = tuple(dict.fromkeys([*manifest.defaults.env, *agent.env]))
         for name in env_names:
             if name not in facts.environment:
@@ -199,6 +235,7 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
             agent,
             image=image,
             image_id=facts.images[image],
+            isolation=isolation,
             limits=limits,
             resources=_resources(manifest.defaults.resources, agent),
             env_names=env_names,
@@ -254,6 +291,7 @@ def _agent_plan(
     *,
     image: str,
     image_id: str | None,
+    isolation: Isolation,
     limits: LimitSpec,
     resources: Resources,
     env_names: tuple[str, ...],
@@ -307,11 +345,13 @@ def _agent_plan(
         fixed_env={"HOME": HOME_TARGET, "ORCHESTRATE_RUN": run_id, "ORCHESTRATE_AGENT": agent.name},
         mounts=tuple(mounts),
         limits=limits,
+        runtime=RUNTIMES[isolation],
         labels={LABEL_RUN: run_id, LABEL_AGENT: agent.name, LABEL_VERSION: __version__},
     )
     return AgentPlan(
         name=agent.name,
         profile=agent.profile,
+        isolation=isolation,
         container=container,
         workspace=workspace,
         log_path=run_dir / "agents" / f"{agent.name}.log",

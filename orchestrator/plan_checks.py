@@ -164,3 +164,47 @@ def _overlap_problems(
             reject(f"{workspace} overlaps the output tree {output}, which only orchestrate writes; "
                    "use another folder")
     return problems
+
+
+# Measured with runsc 0.0~20221219 (Debian 12) on its default ptrace platform: a gVisor sandbox has
+# about 80 host threads while a lifeline-wrapped agent starts, and each agent process adds about 9. The host
+# pids limit counts them all, and a sandbox that reaches it fails to start or exits with code 2.
+GVISOR_MIN_PIDS = 128
+GVISOR_SETUP = (
+    "install gVisor with `sudo apt-get install runsc`, register it in /etc/docker/daemon.json as "
+    '"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}}, and reload the '
+    "engine (`sudo systemctl reload docker`, or `sudo kill -HUP` with the PID in /var/run/docker.pid); "
+    "`sudo bash scripts/quickstart.sh` does all three"
+)
+
+
+def isolation_problems(
+    loaded: LoadedManifest, facts: HostFacts, *, index: int, isolation: str, pids: int
+) -> list[Problem]:
+    """Reject gVisor isolation on an engine without runsc, or with a pids limit too low for the sandbox."""
+    if isolation != "gvisor":
+        return []
+    agent = loaded.manifest.agents[index]
+    problems = []
+    if "runsc" not in facts.runtimes:
+        field_path: tuple[str | int, ...] = (
+            ("agents", index, "isolation") if agent.isolation else ("defaults", "isolation")
+        )
+        registered = ", ".join(sorted(facts.runtimes)) or "none"
+        problems.append(loaded.problem(
+            field_path,
+            f"isolation gvisor needs the engine runtime runsc, which is not registered (the engine has: "
+            f"{registered}); {GVISOR_SETUP}",
+            cause="runtime-missing",
+        ))
+    if pids < GVISOR_MIN_PIDS:
+        field_path = (
+            ("agents", index, "resources", "pids") if agent.resources.pids is not None
+            else ("defaults", "resources", "pids")
+        )
+        problems.append(loaded.problem(
+            field_path,
+            f"pids {pids} is too low for isolation gvisor: the limit also counts gVisor's own threads, about 80 "
+            f"before the agent runs; set pids to {GVISOR_MIN_PIDS} or more",
+        ))
+    return problems

@@ -19,6 +19,7 @@ from .plan import ContainerSpec
 
 # Private to the Docker runtime, but it is exactly what `create` passes, so the expected values follow any change.
 from .runtime.docker import _host_config_arguments
+from .seccomp import text_sha256
 
 # Maximum length of the text of an unexpected value in a drift, so a huge malformed value cannot bloat the audit log.
 MAX_VALUE_TEXT = 200
@@ -81,6 +82,7 @@ def _scalar_settings(
     expected_cpus = (arguments.get("nano_cpus") or 0, arguments.get("cpu_quota") or 0, arguments.get("cpu_period") or 0)
     actual_cpus = tuple(_lookup(inspect, *host, key) for key in ("NanoCpus", "CpuQuota", "CpuPeriod"))
     actual_devices = _lookup(inspect, *host, "Devices")
+    actual_options = _lookup(inspect, *host, "SecurityOpt")
 
     return [
         ("network_mode", arguments["network_mode"], _lookup(inspect, *host, "NetworkMode"), _name),
@@ -92,8 +94,11 @@ def _scalar_settings(
         # create passes the spec's user as it is.
         ("user", spec.user, _lookup(inspect, "Config", "User"), _user),
         ("read_only_rootfs", arguments["read_only"], _lookup(inspect, *host, "ReadonlyRootfs"), _flag),
-        # Compared as a whole set: any extra entry, such as seccomp=unconfined, is a drift.
-        ("security_opt", arguments.get("security_opt"), _lookup(inspect, *host, "SecurityOpt"), _names),
+        # Compared as a whole set apart from the seccomp profile: any extra entry is a drift.
+        ("security_opt", _without_seccomp(arguments.get("security_opt")),
+         _without_seccomp(actual_options), _names),
+        # The profile's JSON text is long, so it is compared, and shown, by its sha256.
+        ("seccomp", _seccomp_entries(arguments.get("security_opt")), _seccomp_entries(actual_options), _seccomp),
         ("ipc_mode", arguments.get("ipc_mode") or "", _lookup(inspect, *host, "IpcMode"), _namespace_mode),
         ("pid_mode", arguments.get("pid_mode") or "", _lookup(inspect, *host, "PidMode"), _namespace_mode),
         ("userns_mode", arguments.get("userns_mode") or "", _lookup(inspect, *host, "UsernsMode"), _namespace_mode),
@@ -183,6 +188,43 @@ def _names(value: Any) -> str | None:
     if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
         return None
     return ", ".join(sorted(value)) or "none"
+
+
+def _is_seccomp(option: str) -> bool:
+    return option.startswith(("seccomp=", "seccomp:"))
+
+
+def _without_seccomp(options: Any) -> Any:
+    """Return security options without the seccomp entry, or the raw value when it is not a list of strings."""
+    if not isinstance(options, list) or not all(isinstance(item, str) for item in options):
+        return options
+    return [option for option in options if not _is_seccomp(option)]
+
+
+def _seccomp_entries(options: Any) -> Any:
+    """Return the seccomp entries of security options as ("sha256", hex) or ("value", text) pairs."""
+    if not isinstance(options, list) or not all(isinstance(item, str) for item in options):
+        return options
+    entries = []
+    for option in options:
+        if not _is_seccomp(option):
+            continue
+        value = option[len("seccomp="):]
+        if value.lstrip().startswith("{"):
+            entries.append(("sha256", text_sha256(value)))
+        else:
+            entries.append(("value", value))
+    return entries
+
+
+def _seccomp(value: Any) -> str | None:
+    """Render seccomp entries: a profile by its sha256, another value (such as unconfined) as it is."""
+    if not isinstance(value, list) or not all(isinstance(item, tuple) for item in value):
+        return None
+    if not value:
+        return "no seccomp option (the engine's default profile)"
+    parts = [f"profile sha256 {text}" if kind == "sha256" else _shorten(text) for kind, text in value]
+    return ", ".join(sorted(parts))
 
 
 def _device_strings(devices: Any) -> Any:

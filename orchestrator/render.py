@@ -72,8 +72,9 @@ def _agent_lines(agent: AgentPlan) -> list[str]:
         f"  limits    {limits.cpus:g} CPU{'' if limits.cpus == 1 else 's'}, memory {format_size(limits.memory)}, "
         f"{limits.pids} processes, time {format_duration(agent.timeout)}",
         f"  security  network {security.network_mode}, capabilities dropped: {', '.join(security.cap_drop)}, "
-        f"no-new-privileges, read-only root, seccomp {security.seccomp}, "
-        f"{'privileged' if security.privileged else 'not privileged'}, runtime {spec.runtime}",
+        f"no-new-privileges, read-only root, {'privileged' if security.privileged else 'not privileged'}",
+        f"  seccomp   {_seccomp_text(agent)}",
+        f"  isolation {_isolation_text(agent)}",
     ]
     lines.append("  mounts    " + _mount_line(spec.mounts[0]))
     lines.extend("            " + _mount_line(mount) for mount in spec.mounts[1:])
@@ -81,6 +82,29 @@ def _agent_lines(agent: AgentPlan) -> list[str]:
         lines.append(f"  writes    {', '.join(agent.writes)}")
     lines.append("  labels    " + ", ".join(f"{key}={value}" for key, value in sorted(spec.labels.items())))
     return lines
+
+
+def _seccomp_text(agent: AgentPlan) -> str:
+    security = agent.container.security
+    if security.legacy_seccomp:
+        return "the engine's default profile (a plan made before orchestrate had its own)"
+    text = f"{_shown(security.seccomp)} (sha256 {(security.seccomp_sha256 or '')[:12]})"
+    if agent.isolation == "gvisor":
+        # Measured with runsc 0.0~20221219: without --oci-seccomp it ignores the container's profile, and with
+        # it, clone3 fails with EPERM instead of the profile's ENOSYS, which breaks threads in glibc programs.
+        text += "; not applied by gVisor, whose own kernel serves every system call of the agent"
+    return text
+
+
+def _isolation_text(agent: AgentPlan) -> str:
+    # build_plan rejects an agent whose runtime the engine lacks, so every rendered plan's runtimes were there.
+    runtime = f"runtime {agent.container.runtime}, registered with the engine"
+    if agent.isolation != "gvisor":
+        return f"runc ({runtime}): the agent shares the host's kernel"
+    return (
+        f"gvisor ({runtime}): the agent runs on gVisor's user-space kernel; the pids and memory limits also "
+        "count gVisor's own threads and memory, and a fork past the pids limit ends the sandbox"
+    )
 
 
 def _mount_line(mount: MountSpec) -> str:

@@ -2,7 +2,8 @@
 # Set up orchestrate on a Debian or Ubuntu machine and run the bundled example.
 #
 # As root it installs what is missing (the Docker engine, mmdebstrap, Python's
-# venv module) and starts the Docker engine. As another user it checks those
+# venv module, gVisor's runsc when the package is available), starts the Docker
+# engine and registers runsc with it. As another user it checks those
 # and prints the command that installs what is missing. Then it installs orchestrate
 # into .venv, builds the sandbox images (offline when no base image is present)
 # and runs configs/agents.example.yaml.
@@ -74,6 +75,79 @@ and add yourself to the docker group (sudo usermod -aG docker \"$USER\", then lo
     say "the Docker engine is up"
 }
 
+runsc_registered() {
+    docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'
+}
+
+# Merge the runsc entry into daemon.json, keeping every other setting; fails on a file that is not JSON.
+register_runsc() {
+    python3 - /etc/docker/daemon.json <<'PYTHON'
+import json, os, sys
+path = sys.argv[1]
+settings = {}
+if os.path.exists(path):
+    with open(path, encoding="utf-8") as existing:
+        text = existing.read()
+    settings = json.loads(text) if text.strip() else {}
+settings.setdefault("runtimes", {})["runsc"] = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path + ".tmp", "w", encoding="utf-8") as updated:
+    json.dump(settings, updated, indent=2)
+    updated.write("\n")
+os.replace(path + ".tmp", path)
+PYTHON
+}
+
+# gVisor (runsc) runs agents with `isolation: gvisor` on a user-space kernel. Only those agents
+# need it, so setup goes on without it when it cannot be installed or registered.
+setup_gvisor() {
+    # The engine keeps a runtime that left daemon.json until it restarts, so both are checked.
+    runsc_registered && grep -q '"runsc"' /etc/docker/daemon.json 2>/dev/null && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        runsc_registered && return 0
+        say "gVisor is not registered with Docker, so agents with isolation: gvisor cannot run;" \
+            "rerun this script as root to install it"
+        return 0
+    fi
+    if ! command -v runsc >/dev/null; then
+        say "installing runsc (gVisor)"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends runsc >/dev/null 2>&1; then
+            apt-get update -qq || true
+            if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends runsc >/dev/null 2>&1
+            then
+                say "warning: the runsc package could not be installed; continuing without gVisor" \
+                    "(agents with isolation: gvisor will not run)"
+                return 0
+            fi
+        fi
+    fi
+    if ! register_runsc; then
+        say "warning: /etc/docker/daemon.json is not valid JSON, so runsc was not registered; fix the file" \
+            "and rerun this script; continuing without gVisor"
+        return 0
+    fi
+
+    # The engine rereads its runtimes on SIGHUP. Only the dockerd of the pid file is signalled.
+    if [ -d /run/systemd/system ] && systemctl is-active --quiet docker 2>/dev/null; then
+        systemctl reload docker
+    elif [ -f /var/run/docker.pid ] && dockerd_alive "$(cat /var/run/docker.pid)"; then
+        kill -HUP "$(cat /var/run/docker.pid)"
+    else
+        say "warning: no dockerd found through /var/run/docker.pid to reload; continuing without gVisor"
+        return 0
+    fi
+    local waited=0
+    until runsc_registered; do
+        waited=$((waited + 1))
+        if [ "$waited" -gt 30 ]; then
+            say "warning: the engine did not list runsc within 30 s of the reload; continuing without gVisor"
+            return 0
+        fi
+        sleep 1
+    done
+    say "gVisor's runsc is registered with the Docker engine"
+}
+
 install_orchestrate() {
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || fail "Python 3.11 or newer is needed; this is $(python3 --version)"
@@ -88,6 +162,7 @@ install_orchestrate() {
 
 install_packages
 start_docker
+setup_gvisor
 install_orchestrate
 say "building the sandbox images"
 .venv/bin/orchestrate images build

@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +24,8 @@ from docker.types import LogConfig, Mount
 from docker.utils import kwargs_from_env
 
 from ..errors import DockerUnavailable, EnvironmentProblem
-from ..plan import ContainerSpec, HostFacts, container_environment
+from ..plan import ContainerSpec, HostFacts, SecuritySpec, container_environment
+from ..seccomp import Profile, load_profile
 from . import Created, EffectiveLimits, ExitStatus
 from .cgroups import read_effective_limits
 
@@ -109,6 +111,7 @@ class DockerRuntime:
             image_entrypoints=entrypoints,
             userns_offset=_userns_offset(info),
             environment=environment,
+            runtimes=engine_runtimes(info),
         )
 
     def _image_details(self, image: str) -> dict[str, Any] | None:
@@ -119,7 +122,11 @@ class DockerRuntime:
             return None
 
     def create(self, spec: ContainerSpec, environment: dict[str, str]) -> Created:
-        host_config = self._api.create_host_config(**_host_config_arguments(spec))
+        try:
+            arguments = _host_config_arguments(spec)
+        except EnvironmentProblem as exc:
+            raise RuntimeFailure(f"create container {spec.name}: {exc}") from exc
+        host_config = self._api.create_host_config(**arguments)
         with _translated(f"create container {spec.name}"):
             response = self._api.create_container(
                 image=spec.image_id or spec.image,
@@ -246,6 +253,8 @@ def _host_config_arguments(spec: ContainerSpec) -> dict[str, Any]:
         if mount.type == "tmpfs" and not mount.read_only
     }
     security_options = ["no-new-privileges:true"] if security.no_new_privileges else []
+    if not security.legacy_seccomp:
+        security_options.append(seccomp_profile(security).option)
 
     return {
         "network_mode": security.network_mode,
@@ -266,6 +275,31 @@ def _host_config_arguments(spec: ContainerSpec) -> dict[str, Any]:
         "runtime": spec.runtime,
         "init": spec.init,
     }
+
+
+def engine_runtimes(info: dict[str, Any]) -> tuple[str, ...]:
+    """Return the names of the runtimes the engine has registered, from its `docker info` data."""
+    runtimes = info.get("Runtimes")
+    if not isinstance(runtimes, dict):
+        return ("runc",)
+    return tuple(sorted(str(name) for name in runtimes))
+
+
+def seccomp_profile(security: SecuritySpec) -> Profile:
+    """Return the planned seccomp profile; raise when its file no longer has the planned content."""
+    profile = _cached_profile(security.seccomp)
+    if profile.sha256 != security.seccomp_sha256:
+        raise EnvironmentProblem(
+            f"the seccomp profile {security.seccomp} changed since the plan was made (planned sha256 "
+            f"{security.seccomp_sha256}, now {profile.sha256}); run `orchestrate plan` again and review it"
+        )
+    return profile
+
+
+@lru_cache(maxsize=4)
+def _cached_profile(path: str) -> Profile:
+    # Read once per process: posture checks rebuild the host config of every agent every few seconds.
+    return load_profile(Path(path))
 
 
 def _userns_offset(info: dict[str, Any]) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..seccomp import text_sha256
+
 
 def security_summary(inspect: dict[str, Any]) -> dict[str, Any]:
     """Return the effective isolation settings of a container, as recorded in the audit log."""
@@ -16,7 +18,8 @@ def security_summary(inspect: dict[str, Any]) -> dict[str, Any]:
         "cap_add": host.get("CapAdd") or [],
         "privileged": host.get("Privileged"),
         "read_only_rootfs": host.get("ReadonlyRootfs"),
-        "security_opt": host.get("SecurityOpt") or [],
+        # A seccomp profile is kilobytes of JSON: its hash identifies it (configs/seccomp/agent.json).
+        "security_opt": [_short_option(option) for option in host.get("SecurityOpt") or []],
         "user": config.get("User"),
         "runtime": host.get("Runtime"),
         "limits": {
@@ -36,3 +39,9 @@ def security_summary(inspect: dict[str, Any]) -> dict[str, Any]:
         # Names only: the values may be secrets the manifest passes on purpose.
         "env_names": sorted(item.partition("=")[0] for item in config.get("Env") or []),
     }
+
+
+def _short_option(option: str) -> str:
+    if option.startswith("seccomp=") and option not in ("seccomp=unconfined", "seccomp:unconfined"):
+        return f"seccomp=<profile sha256 {text_sha256(option[len('seccomp='):])}>"
+    return option

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from orchestrator.plan import ContainerSpec, RunPlan
 from orchestrator.posture import Drift, posture_drift
+from orchestrator.seccomp import shipped_profile, text_sha256
 
 from .conftest import agent, manifest_data
 
@@ -71,7 +72,7 @@ def engine_inspect(spec: ContainerSpec) -> Inspect:
             "UsernsMode": "",
             "Privileged": False,
             "ReadonlyRootfs": True,
-            "SecurityOpt": ["no-new-privileges:true"],
+            "SecurityOpt": ["no-new-privileges:true", shipped_profile().option],
             "Tmpfs": {
                 mount.target: f"rw,nosuid,nodev,size={mount.size},uid={uid},gid={gid},mode=0700"
                 for mount in writable_tmpfs
@@ -149,6 +150,9 @@ def set_apparmor(inspect: Inspect) -> None:
     inspect["AppArmorProfile"] = "unconfined"
 
 
+# A profile that allows every system call, as a swapped profile text would.
+PERMISSIVE_PROFILE = '{"defaultAction": "SCMP_ACT_ALLOW"}'
+
 # Each case changes one setting as `docker update`, `docker network connect` or a recreated container would.
 ONE_SETTING_CHANGES: list[tuple[str, str, Callable[[Inspect], None], str, str]] = [
     ("network mode host", "network_mode", host("NetworkMode", "host"), "none", "host"),
@@ -160,15 +164,28 @@ ONE_SETTING_CHANGES: list[tuple[str, str, Callable[[Inspect], None], str, str]] 
     ("root user", "user", config("User", "0:0"), "1234:5678", "0:0"),
     ("image user", "user", config("User", ""), "1234:5678", "(empty: the image's user, often root)"),
     ("writable root", "read_only_rootfs", host("ReadonlyRootfs", False), "true", "false"),
-    ("no-new-privileges dropped", "security_opt", host("SecurityOpt", None), "no-new-privileges:true", "none"),
     (
-        "seccomp unconfined", "security_opt",
+        "no-new-privileges dropped", "security_opt",
+        host("SecurityOpt", [shipped_profile().option]), "no-new-privileges:true", "none",
+    ),
+    (
+        "seccomp unconfined", "seccomp",
         host("SecurityOpt", ["seccomp=unconfined", "no-new-privileges:true"]),
-        "no-new-privileges:true", "no-new-privileges:true, seccomp=unconfined",
+        f"profile sha256 {shipped_profile().sha256}", "unconfined",
+    ),
+    (
+        "seccomp option dropped", "seccomp",
+        host("SecurityOpt", ["no-new-privileges:true"]),
+        f"profile sha256 {shipped_profile().sha256}", "no seccomp option (the engine's default profile)",
+    ),
+    (
+        "seccomp profile replaced", "seccomp",
+        host("SecurityOpt", ["no-new-privileges:true", "seccomp=" + PERMISSIVE_PROFILE]),
+        f"profile sha256 {shipped_profile().sha256}", f"profile sha256 {text_sha256(PERMISSIVE_PROFILE)}",
     ),
     (
         "apparmor option unconfined", "security_opt",
-        host("SecurityOpt", ["no-new-privileges:true", "apparmor=unconfined"]),
+        host("SecurityOpt", ["no-new-privileges:true", "apparmor=unconfined", shipped_profile().option]),
         "no-new-privileges:true", "apparmor=unconfined, no-new-privileges:true",
     ),
     ("apparmor profile unconfined", "apparmor", set_apparmor, "default profile", "unconfined"),
@@ -381,7 +398,7 @@ def test_tmpfs_listed_in_mounts_no_drift(spec: ContainerSpec) -> None:
 
 ALL_SETTINGS = [
     "network_mode", "network_disabled", "cap_add", "cap_drop", "privileged", "user", "read_only_rootfs",
-    "security_opt", "ipc_mode", "pid_mode", "userns_mode", "devices", "memory", "memory_swap", "cpus",
+    "security_opt", "seccomp", "ipc_mode", "pid_mode", "userns_mode", "devices", "memory", "memory_swap", "cpus",
     "pids_limit", "runtime", "init", "networks", "apparmor", "mounts",
 ]
 
@@ -394,7 +411,7 @@ def test_unusable_inspect_drifts_everywhere(spec: ContainerSpec, inspect: Any) -
     assert all(drift.actual.startswith("missing (") for drift in drifts)
 
 
-# Each key whose absence must be reported, with the setting that reports it.
+# Each key whose absence must be reported, with the settings that report it (comma-separated).
 REQUIRED_KEYS: list[tuple[tuple[str, ...], str]] = [
     (("HostConfig", "NetworkMode"), "network_mode"),
     (("Config", "NetworkDisabled"), "network_disabled"),
@@ -403,7 +420,7 @@ REQUIRED_KEYS: list[tuple[tuple[str, ...], str]] = [
     (("HostConfig", "Privileged"), "privileged"),
     (("Config", "User"), "user"),
     (("HostConfig", "ReadonlyRootfs"), "read_only_rootfs"),
-    (("HostConfig", "SecurityOpt"), "security_opt"),
+    (("HostConfig", "SecurityOpt"), "security_opt,seccomp"),
     (("HostConfig", "IpcMode"), "ipc_mode"),
     (("HostConfig", "PidMode"), "pid_mode"),
     (("HostConfig", "UsernsMode"), "userns_mode"),
@@ -434,8 +451,8 @@ def test_missing_key_is_drift(spec: ContainerSpec, path: tuple[str, ...], settin
 
     drifts = posture_drift(spec, inspect)
 
-    assert settings_of(drifts) == [setting]
-    assert drifts[0].actual == f"missing ({'.'.join(path)})"
+    assert settings_of(drifts) == setting.split(",")
+    assert all(drift.actual == f"missing ({'.'.join(path)})" for drift in drifts)
 
 
 def test_missing_host_config_is_drift(spec: ContainerSpec) -> None:
