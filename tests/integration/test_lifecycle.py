@@ -230,9 +230,11 @@ def test_killed_orchestrator_stops_agents(project: Project) -> None:
 
 def test_agent_killing_watcher_ends_itself(project: Project) -> None:
     # An agent that kills the lifeline's watcher must not outlive it: the switch fails closed.
+    # The watcher may not have become `cat` yet when the agent starts, so the agent looks until it has killed it.
     script = (
-        "for p in /proc/[0-9]*; do read -r name < $p/comm 2>/dev/null || continue; "
-        '[ "$name" = cat ] && kill -KILL "${p#/proc/}"; done; sleep 600'
+        "killed=; for try in $(seq 100); do for p in /proc/[0-9]*; do read -r name < $p/comm 2>/dev/null || continue; "
+        '[ "$name" = cat ] && kill -KILL "${p#/proc/}" && killed=1; done; [ -n "$killed" ] && break; sleep 0.1; done; '
+        "sleep 600"
     )
     manifest = project.manifest([{"name": "saboteur", "command": ["sh", "-c", script], "timeout": "2m"}])
 
