@@ -249,8 +249,9 @@ def cli_run_arguments(spec: dict[str, Any], label: str) -> list[str]:
         arguments.append("--read-only")
     if security["no_new_privileges"]:
         arguments += ["--security-opt", "no-new-privileges:true"]
-    # The same seccomp profile orchestrate passes, so the baseline does the same work in the engine.
-    arguments += ["--security-opt", load_profile(Path(security["seccomp"])).option]
+    # The same seccomp profile orchestrate passes, so the baseline does the same work in the engine; the CLI
+    # takes a file's path and sends its content.
+    arguments += ["--security-opt", f"seccomp={load_profile(Path(security['seccomp'])).path}"]
     if spec["init"]:
         arguments.append("--init")
     arguments += ["--cpus", str(limits["cpus"]), "--memory", str(limits["memory"]),
