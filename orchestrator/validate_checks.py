@@ -18,6 +18,7 @@ from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, TM
 from .plan import ContainerSpec
 from .posture import posture_drift
 from .procview import ProcView, container_uid, parse_interfaces, parse_mountinfo, parse_routes
+from .seccomp import option_sha256, shipped_profile
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -144,12 +145,27 @@ def _privilege_checks(inspect: dict[str, Any]) -> list[Check]:
         _check("capabilities", "inspect", "drop ALL; add none", capabilities, drops_all and not cap_add),
         _check("privileged", "inspect", "false", str(host.get("Privileged")).lower(), host.get("Privileged") is False),
         _check("no-new-privileges", "inspect", "no-new-privileges:true in SecurityOpt",
-               ", ".join(options) or "no security options", no_new_privileges),
-        _check("seccomp", "inspect", "a profile (not unconfined)",
-               ", ".join(unconfined) or "the engine's default profile", not unconfined),
+               "no-new-privileges:true" if no_new_privileges else "not set", no_new_privileges),
+        _seccomp_check(options, unconfined),
         _check("user", "inspect", "an unprivileged UID:GID", user_text or "(empty: the image's user, often root)",
                _is_unprivileged_user(user)),
     ]
+
+
+def _seccomp_check(options: list[str], unconfined: list[str]) -> Check:
+    """Pass only orchestrate's own profile: the engine's default one allows calls that agents must not make."""
+    expected = f"orchestrate's profile, sha256 {shipped_sha256()[:16]}"
+    if unconfined:
+        return _check("seccomp", "inspect", expected, "unconfined", False)
+    actual_sha256 = option_sha256(options)
+    if actual_sha256 is None:
+        return _check("seccomp", "inspect", expected, "the engine's default profile", False)
+    return _check("seccomp", "inspect", expected, f"profile sha256 {actual_sha256[:16]}",
+                  actual_sha256 == shipped_sha256())
+
+
+def shipped_sha256() -> str:
+    return shipped_profile().sha256
 
 
 def _is_unprivileged_user(user: Any) -> bool:
