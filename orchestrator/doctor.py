@@ -52,6 +52,8 @@ class DoctorFacts:
     inotify_max_watches: int | None = None
     inotify_watches_in_use: int | None = None
     runs_dir: Path = Path("runs")
+    # Why runs cannot be created in the runs folder, or None when they can.
+    runs_dir_problem: str | None = None
     free_bytes: int | None = None
     # Why the seccomp profile failed to load or to start a container, or None when it did both.
     seccomp_error: str | None = None
@@ -170,6 +172,9 @@ def _inotify_check(facts: DoctorFacts) -> Check:
 
 
 def _disk_check(facts: DoctorFacts) -> Check:
+    if facts.runs_dir_problem is not None:
+        return Check("runs folder", "fail", f"{facts.runs_dir} {facts.runs_dir_problem}",
+                     "pass --runs-dir with a folder you can write, or create it")
     if facts.free_bytes is None:
         return Check("free disk", "warn", f"the free space of {facts.runs_dir} cannot be read",
                      "check that the runs folder's parent exists and is readable")
@@ -180,6 +185,18 @@ def _disk_check(facts: DoctorFacts) -> Check:
     return Check("free disk", "ok", free)
 
 
+def runs_dir_problem(runs_dir: Path) -> str | None:
+    """Return why `run` could not create run folders in `runs_dir`, or None when it could."""
+    if runs_dir.exists() and not runs_dir.is_dir():
+        return "is a file, not a folder"
+    existing = runs_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be created or written: {existing} is not writable by this user"
+    return None
+
+
 def gather_facts(runs_dir: Path, *, base_image: str = DEFAULT_IMAGE) -> DoctorFacts:
     """Read every fact `run_checks` judges, starting at most one short-lived test container."""
     inotify_limit = _read_int(INOTIFY_SYSCTL)
@@ -188,6 +205,7 @@ def gather_facts(runs_dir: Path, *, base_image: str = DEFAULT_IMAGE) -> DoctorFa
         "inotify_max_watches": inotify_limit,
         "inotify_watches_in_use": count_inotify_watches(os.getuid()),
         "runs_dir": runs_dir,
+        "runs_dir_problem": runs_dir_problem(runs_dir),
         "free_bytes": _free_bytes(runs_dir),
     }
     try:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator.doctor import Check, DoctorFacts, count_inotify_watches, report_text, run_checks
+from orchestrator.doctor import (
+    Check,
+    DoctorFacts,
+    count_inotify_watches,
+    report_text,
+    run_checks,
+    runs_dir_problem,
+)
 
 HEALTHY_INFO = {
     "Driver": "overlay2",
@@ -129,3 +136,15 @@ def test_inotify_count_reads_fdinfo(tmp_path: Path) -> None:
     (fdinfo / "4").write_text("pos:\t0\nflags:\t02\n", encoding="utf-8")
 
     assert count_inotify_watches((tmp_path / "4242").stat().st_uid, proc=tmp_path) == 2
+
+
+def test_a_runs_folder_that_is_a_file_fails(tmp_path: Path) -> None:
+    # New-user finding: doctor called /etc/passwd a fine runs folder, which `run` then refuses.
+    a_file = tmp_path / "runs"
+    a_file.write_text("not a folder\n")
+    assert runs_dir_problem(a_file) == "is a file, not a folder"
+    assert runs_dir_problem(tmp_path / "new" / "runs") is None
+    report = run_checks(DoctorFacts(docker_error="unreachable", runs_dir=a_file,
+                                    runs_dir_problem=runs_dir_problem(a_file)))
+    check = next(item for item in report.checks if item.name == "runs folder")
+    assert check.status == "fail" and report.exit_code == 1
