@@ -573,5 +573,39 @@ def doctor(runs_dir: RunsDirOption = Path("runs"), json_output: JsonOption = Fal
 
 
 
+@app.command()
+def logs(
+    run_id: Annotated[str, typer.Argument(help="The run, such as example-20261204-211053-e34722.", show_default=False)],
+    agent: Annotated[str | None, typer.Argument(help="One agent; every agent of the run when omitted.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the agents exit.")] = False,
+    runs_dir: RunsDirOption = Path("runs"),
+) -> None:
+    """Print an agent's output: from the engine while it runs, from the run folder after the run.
+
+    With several agents each line starts with the agent's name. Exit 0, or 2 for an unknown run or agent.
+    """
+
+    def body() -> int:
+        import threading
+
+        from .logs import agent_sources, show
+
+        runtime = _runtime()
+        sources = agent_sources(runtime, runs_dir, run_id, agent)
+        lock = threading.Lock()
+        output = sys.stdout.buffer
+        prefix = len(sources) > 1
+
+        def write(name: str, line: bytes) -> None:
+            with lock:
+                output.write((name.encode() + b" | " if prefix else b"") + line)
+                output.flush()
+
+        show(runtime, sources, write, follow=follow)
+        return 0
+
+    _guarded(body)
+
+
 def main() -> None:
     app()

@@ -1,0 +1,146 @@
+"""`orchestrate logs`: an agent's output, from the engine while it runs and from the run folder after.
+
+Reading logs is no action on the container that the monitor reports, so it is
+safe on a live run. A followed stream is closed as soon as its container stops,
+even when the engine keeps the connection open (field report R3), so `logs -f`
+ends when the agent does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .plan import LABEL_AGENT, LABEL_RUN, RUN_ID_PATTERN
+from .runtime.docker import DockerRuntime
+
+# How often a follower checks that its container still runs, since the stream alone may not end.
+STATUS_INTERVAL = 0.5
+
+Write = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class AgentSource:
+    agent: str
+    # The agent's container while the engine still has it; its saved output once the run removed it.
+    container_id: str | None
+    saved: Path
+
+
+def agent_sources(runtime: DockerRuntime, runs_root: Path, run_id: str, agent: str | None) -> list[AgentSource]:
+    """Find where each agent's output is; raise InputError naming what exists when nothing matches."""
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise InputError(f"invalid run id '{run_id}'; copy it from `orchestrate status --runs-dir {runs_root}`")
+    run_dir = runs_root / run_id
+    containers = {
+        (item.get("Labels") or {}).get(LABEL_AGENT, ""): str(item["Id"])
+        for item in runtime.client.api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+    }
+    names = sorted(set(containers) | set(_planned_agents(run_dir)))
+    if not names:
+        raise InputError(
+            f"run {run_id} is unknown: {run_dir} has no plan and no container has its label; list runs with "
+            f"`orchestrate status --runs-dir {runs_root}`"
+        )
+    if agent is not None:
+        if agent not in names:
+            raise InputError(f"run {run_id} has no agent '{agent}'; its agents are: {', '.join(names)}")
+        names = [agent]
+    return [AgentSource(name, containers.get(name), run_dir / "agents" / f"{name}.log") for name in names]
+
+
+def _planned_agents(run_dir: Path) -> list[str]:
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [str(item["name"]) for item in plan.get("agents", []) if isinstance(item, dict) and "name" in item]
+
+
+def show(runtime: DockerRuntime, sources: list[AgentSource], write: Write, *, follow: bool) -> None:
+    """Write every agent's output; with `follow`, keep writing until every followed agent has exited."""
+    threads = []
+    for source in sources:
+        lines = _lines_of(runtime, source, follow=follow)
+        if follow and source.container_id is not None:
+            thread = threading.Thread(target=_pump, args=(source.agent, lines, write), daemon=True,
+                                      name=f"orchestrate-logs-{source.agent}")
+            thread.start()
+            threads.append(thread)
+        else:
+            _pump(source.agent, lines, write)
+    for thread in threads:
+        thread.join()
+
+
+def _pump(agent: str, lines: Iterable[bytes], write: Write) -> None:
+    for line in lines:
+        write(agent, line)
+
+
+def _lines_of(runtime: DockerRuntime, source: AgentSource, *, follow: bool) -> Iterator[bytes]:
+    if source.container_id is None or (not follow and source.saved.is_file()):
+        return _saved_lines(source.saved)
+    return _engine_lines(runtime, source, follow=follow)
+
+
+def _saved_lines(path: Path) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as saved:
+            yield from saved
+    except FileNotFoundError:
+        return
+
+
+def _engine_lines(runtime: DockerRuntime, source: AgentSource, *, follow: bool) -> Iterator[bytes]:
+    api = runtime.client.api
+    assert source.container_id is not None
+    try:
+        stream: Any = api.logs(source.container_id, stdout=True, stderr=True, stream=True, follow=follow)
+    except Exception:  # noqa: BLE001 - the container went between the listing and this call.
+        yield from _saved_lines(source.saved)
+        return
+    stopped = threading.Event()
+    if follow:
+        watcher = threading.Thread(target=_close_when_stopped, args=(runtime, source, stream, stopped), daemon=True)
+        watcher.start()
+    try:
+        pending = b""
+        for chunk in stream:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line + b"\n"
+        if pending:
+            yield pending
+    except Exception:  # noqa: BLE001 - a stream closed under it by the watcher ends like any other.
+        return
+    finally:
+        stopped.set()
+        _close(stream)
+
+
+def _close_when_stopped(runtime: DockerRuntime, source: AgentSource, stream: Any, stopped: threading.Event) -> None:
+    while not stopped.wait(STATUS_INTERVAL):
+        try:
+            running = runtime.client.api.inspect_container(str(source.container_id))["State"]["Running"]
+        except Exception:  # noqa: BLE001 - a container that is gone is not running.
+            running = False
+        if not running:
+            # Give the engine a moment to deliver the last lines, then end the stream ourselves.
+            if not stopped.wait(STATUS_INTERVAL):
+                _close(stream)
+            return
+
+
+def _close(stream: Any) -> None:
+    try:
+        stream.close()
+    except Exception:  # noqa: BLE001, S110 - closing twice or a closed socket is fine.
+        pass
