@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 LOG_LIMIT_BYTES = 64 * 1024 * 1024
 EVIDENCE_DEADLINE = 120.0
 WAIT_RECONNECT_ATTEMPTS = 30
+LIMIT_READ_ATTEMPTS = 3
+LIMIT_READ_RETRY = 0.1
 
 
 class Supervisor:
@@ -306,8 +308,14 @@ class Supervisor:
         """Read the cgroup back; stop the agent at once when a limit is not in force."""
         container_id = self._containers[agent.name]
         try:
-            inspect = await self.workers.call(self.runtime.inspect, container_id)
-            limits = await self.workers.call(self.runtime.effective_limits, inspect)
+            for attempt in range(LIMIT_READ_ATTEMPTS):
+                inspect = await self.workers.call(self.runtime.inspect, container_id)
+                limits = await self.workers.call(self.runtime.effective_limits, inspect)
+                running = bool((inspect.get("State") or {}).get("Running"))
+                # On a loaded machine a read can miss; only a container that still runs is worth a retry.
+                if None not in (limits.pids, limits.memory) or not running or attempt == LIMIT_READ_ATTEMPTS - 1:
+                    break
+                await anyio.sleep(LIMIT_READ_RETRY)
         except (RuntimeFailure, ContainerGone):
             return True  # The container already exited; its exit is handled as usual.
         self._audit("container-started", agent=agent.name, container=container_id,
