@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ from .runtime.docker import DockerRuntime
 
 # How often a follower checks that its container still runs, since the stream alone may not end.
 STATUS_INTERVAL = 0.5
+# After the container stopped, the stream is closed once the engine has sent nothing for this long (a large
+# last output is still being delivered), or at the latest after DRAIN_LIMIT.
+QUIET_AFTER_STOP = 1.0
+DRAIN_LIMIT = 60.0
 
 Write = Callable[[str, bytes], None]
 
@@ -107,18 +112,22 @@ def _engine_lines(runtime: DockerRuntime, source: AgentSource, *, follow: bool) 
         yield from _saved_lines(source.saved)
         return
     stopped = threading.Event()
+    last_data = [time.monotonic()]
     if follow:
-        watcher = threading.Thread(target=_close_when_stopped, args=(runtime, source, stream, stopped), daemon=True)
+        watcher = threading.Thread(target=_close_when_stopped, args=(runtime, source, stream, stopped, last_data),
+                                   daemon=True)
         watcher.start()
     try:
-        pending = b""
+        pending = bytearray()
         for chunk in stream:
+            last_data[0] = time.monotonic()
             pending += chunk
-            *complete, pending = pending.split(b"\n")
-            for line in complete:
-                yield line + b"\n"
+            end = pending.rfind(b"\n")
+            if end >= 0:
+                yield bytes(pending[:end + 1])
+                del pending[:end + 1]
         if pending:
-            yield pending
+            yield bytes(pending)
     except Exception:  # noqa: BLE001 - a stream closed under it by the watcher ends like any other.
         return
     finally:
@@ -126,16 +135,21 @@ def _engine_lines(runtime: DockerRuntime, source: AgentSource, *, follow: bool) 
         _close(stream)
 
 
-def _close_when_stopped(runtime: DockerRuntime, source: AgentSource, stream: Any, stopped: threading.Event) -> None:
+def _close_when_stopped(
+    runtime: DockerRuntime, source: AgentSource, stream: Any, stopped: threading.Event, last_data: list[float]
+) -> None:
     while not stopped.wait(STATUS_INTERVAL):
         try:
             running = runtime.client.api.inspect_container(str(source.container_id))["State"]["Running"]
         except Exception:  # noqa: BLE001 - a container that is gone is not running.
             running = False
         if not running:
-            # Give the engine a moment to deliver the last lines, then end the stream ourselves.
-            if not stopped.wait(STATUS_INTERVAL):
-                _close(stream)
+            # The engine may still be sending the last output: wait for it to go quiet, then end the stream.
+            deadline = time.monotonic() + DRAIN_LIMIT
+            while not stopped.wait(STATUS_INTERVAL / 2):
+                if time.monotonic() - last_data[0] >= QUIET_AFTER_STOP or time.monotonic() >= deadline:
+                    _close(stream)
+                    return
             return
 
 

@@ -21,6 +21,9 @@ DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CONTAINER_WORKSPACE = OUTPUT_TARGET
 # The kernel gives up after 40 links in one lookup (ELOOP); a longer chain is treated as an escape.
 MAX_LINKS = 40
+# Path components resolved for one link, counting those that links on the way add. Real targets need a few
+# dozen; a target built to make the check slow (kilobytes of d/../ through nested links) is an escape.
+MAX_STEPS = 1024
 
 # Returns the target of the link at a workspace-relative path, or None when that path is no link.
 ReadLink = Callable[[str], "str | None"]
@@ -36,8 +39,11 @@ def link_escapes(parts: tuple[str, ...], target: str, readlink: ReadLink | None 
     pending = _start(target, stack)
     if pending is None:
         return True
-    links = 0
+    links = steps = 0
     while pending:
+        steps += 1
+        if steps > MAX_STEPS:
+            return True
         name = pending.pop(0)
         if name in ("", "."):
             continue

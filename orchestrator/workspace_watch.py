@@ -73,10 +73,14 @@ class WorkspaceState:
     bytes: int = 0
     last_event: str = ""
     quota_reported: bool = False
+    # The paths of the workspace's symlinks, so a new link can find the older ones it may redirect.
+    links: set[str] = field(default_factory=set)
 
     def put(self, entry: Entry) -> None:
         self.drop(entry.path)
         self.entries[entry.path] = entry
+        if stat.S_ISLNK(entry.mode):
+            self.links.add(entry.path)
         if not entry.is_dir:
             self.files += 1
         if entry.is_regular:
@@ -84,6 +88,7 @@ class WorkspaceState:
 
     def drop(self, path: str) -> Entry | None:
         old = self.entries.pop(path, None)
+        self.links.discard(path)
         if old is not None:
             if not old.is_dir:
                 self.files -= 1
@@ -418,6 +423,10 @@ class FileMonitor:
         """Report what is wrong with an entry; return True when it may be published."""
         agent = state.agent.name
         problem = escape_problem(entry, reader_under(state.root_fd))
+        if stat.S_ISLNK(entry.mode):
+            # A new link can turn an older one into an escape (`L -> d/d/../..` made first, `d -> .` after),
+            # so every link whose target names this one as a component is judged again.
+            self._rejudge_links_through(state, entry.path.rsplit("/", 1)[-1], entry.path)
         if problem is not None:
             self._violation(state, ESCAPE_ATTEMPT, entry.path, problem, mode=f"{stat.S_IMODE(entry.mode):04o}",
                             target=entry.target, nlink=entry.nlink)
@@ -433,6 +442,17 @@ class FileMonitor:
         # claimed path first must not turn the claim's owner into the culprit.
         self._writers.setdefault(entry.path, agent)
         return self.claims.shared_mode(entry.path) != "append"
+
+    def _rejudge_links_through(self, state: WorkspaceState, name: str, changed: str) -> None:
+        readlink = reader_under(state.root_fd)
+        for path in list(state.links):
+            other = state.entries.get(path)
+            if other is None or other.path == changed or name not in (other.target or "").split("/"):
+                continue
+            problem = escape_problem(other, readlink)
+            if problem is not None:
+                self._violation(state, ESCAPE_ATTEMPT, other.path, f"{problem} (through the link {changed})",
+                                target=other.target)
 
     def _check_quota(self, state: WorkspaceState) -> None:
         limits = state.agent.publish_limits

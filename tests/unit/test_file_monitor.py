@@ -308,3 +308,34 @@ def test_folders_nested_too_deep_are_a_violation(two_writers: RunPlan) -> None:
 
     recorder = run_monitor(two_writers, act)
     assert any(v.kind == "quota-exceeded" and "deeper than 64" in v.detail for v in recorder.violations)
+
+
+def test_a_later_link_that_redirects_an_older_one_is_caught(two_writers: RunPlan) -> None:
+    # Second red-team pass: L -> d/d/d/d/../../../../etc/passwd is harmless until d -> . appears.
+    alpha = ws(two_writers, "alpha")
+    (alpha / "alpha").mkdir()
+
+    async def act(monitor: FileMonitor, recorder: Recorder) -> None:
+        os.symlink("d/d/d/d/../../../../etc/passwd", alpha / "alpha" / "L")
+        await anyio.sleep(0.2)
+        os.symlink(".", alpha / "alpha" / "d")
+        await until(lambda: any(v.subject == "alpha/L" for v in recorder.violations))
+
+    recorder = run_monitor(two_writers, act)
+    assert ("escape-attempt", "alpha", "alpha/L") in recorder.kinds()
+
+
+def test_a_link_built_to_be_slow_to_resolve_is_judged_fast() -> None:
+    # Second red-team pass: kilobytes of d/../ through chained links blocked the event loop for seconds.
+    from orchestrator.symlinks import link_escapes
+
+    segment = "d/" * 60 + "../" * 60
+    body = segment * (4000 // len(segment))
+    links = {f"k{index}": body + f"k{index + 1}" for index in range(40)}
+
+    def readlink(path: str) -> str | None:
+        return links.get(path.rsplit("/", 1)[-1]) if "/" not in path or path.startswith("d") is False else None
+
+    started = time.monotonic()
+    assert link_escapes((), "k0", readlink) is True
+    assert time.monotonic() - started < 0.5
