@@ -22,6 +22,8 @@ from anyio.abc import TaskStatus
 from .activity import Activity, Listener
 from .errors import DockerUnavailable
 from .events import EngineEvent, EventFeed, FeedGap, FeedLost, classify
+from .layout import OUTPUT_TARGET
+from .openfiles import open_for_writing
 from .plan import AgentPlan, RunPlan
 from .posture import posture_drift
 from .runtime import Runtime
@@ -139,9 +141,25 @@ class Monitor:
                     await anyio.sleep(debounce / 2)
                     continue
                 for agent in due:
-                    paths = frozenset(self._pending.pop(agent, set()))
+                    paths = await self._closed_by_every_writer(agent, frozenset(self._pending.pop(agent, set())))
                     if paths and agent not in self._stopping:
                         await self._publish(self._agents[agent], paths)
+
+    async def _closed_by_every_writer(self, agent: str, paths: frozenset[str]) -> frozenset[str]:
+        """Drop the paths a process of the agent still holds open for writing; they wait for their last close.
+
+        Under gVisor the host does not see the agent's descriptors, so nothing is published before the exit.
+        """
+        container_id = self.containers.get(agent)
+        if not paths or container_id is None or self._agents[agent].container.runtime != "runc":
+            return frozenset()
+        try:
+            inspect = await self.workers.call(self.runtime.inspect, container_id)
+        except (ContainerGone, RuntimeFailure, DockerUnavailable):
+            return frozenset()
+        pid = int((inspect.get("State") or {}).get("Pid") or 0)
+        busy = await anyio.to_thread.run_sync(open_for_writing, pid, OUTPUT_TARGET)
+        return frozenset() if busy is None else paths - busy
 
     # -- posture -------------------------------------------------------------------------------------------
 

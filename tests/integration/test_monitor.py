@@ -275,3 +275,26 @@ def test_cleanup_refuses_an_active_run(project: Project) -> None:
     stopped = project.orchestrate("stop", run_id, "--runs-dir", str(project.runs))
     assert stopped.returncode == 0, stopped.stderr
     assert finish(process)[0] == 130
+
+
+def test_a_file_still_open_elsewhere_is_not_published_early(project: Project) -> None:
+    # Second red-team pass: closing a second descriptor sends IN_CLOSE_WRITE while the first still writes.
+    writer = (
+        "import os, time\n"
+        "first = os.open('partial.txt', os.O_WRONLY | os.O_CREAT, 0o644)\n"
+        "os.write(first, b'PART-ONE\\n')\n"
+        "os.close(os.open('partial.txt', os.O_WRONLY))\n"
+        "time.sleep(4)\n"
+        "os.write(first, b'PART-TWO\\n')\n"
+        "os.close(first)\n"
+    )
+    manifest = project.manifest([{"name": "writer", "command": ["python3", "-c", writer]}])
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    project.wait_for_running(1)
+    published = project.root / "generated" / "partial.txt"
+    time.sleep(2.5)
+    early = published.read_text() if published.exists() else None
+    code, result, stderr = finish(process)
+    assert code == 0, stderr
+    assert early is None, f"a partial file was published while it was open: {early!r}"
+    assert published.read_text() == "PART-ONE\nPART-TWO\n"
