@@ -11,6 +11,7 @@ containers that orchestrate starts.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -367,3 +368,14 @@ def machine_facts(api: docker.APIClient) -> dict[str, Any]:
 
 def seconds_between(start_ns: int, end_ns: int) -> float:
     return round((end_ns - start_ns) / 1e9, 3)
+
+
+def parse_counts(text: str) -> list[int]:
+    """Parse an option such as 1,10,30 into agent counts, each at least 1."""
+    try:
+        counts = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid counts {text!r}; give agent counts such as 1,10,30") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"invalid counts {text!r}; every count must be at least 1")
+    return counts

@@ -51,6 +51,7 @@ from bench.common import (  # noqa: E402
     docker_cli,
     machine_facts,
     orchestrate_command,
+    parse_counts,
     plan_containers,
     remove_containers,
     sdk_create_arguments,
@@ -225,16 +226,6 @@ def targets_of(per_count: list[dict[str, Any]]) -> list[dict[str, Any]]:
             found.append(target(f"{TARGET_AGENTS} agents running / SDK thread pool", figures["ratio_to_sdk"],
                                 TARGET_RATIO_SDK, unit="ratio"))
     return found
-
-
-def parse_counts(text: str) -> list[int]:
-    try:
-        counts = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid counts {text!r}; give agent counts such as 1,10,30") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"invalid counts {text!r}; every count must be at least 1")
-    return counts
 
 
 def main() -> int:

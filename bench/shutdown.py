@@ -51,6 +51,7 @@ import docker
 REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 
+from bench.common import parse_counts  # noqa: E402
 from orchestrator import __version__  # noqa: E402
 from orchestrator.audit import RESERVED_KEYS  # noqa: E402
 from orchestrator.manifest import DEFAULT_IMAGE, Shutdown, load_manifest  # noqa: E402
@@ -316,16 +317,6 @@ def measure_count(client: docker.DockerClient, count: int, grace: float, repeat:
     figures["audit"] = [run["audit"] for run in runs]
     figures["breakdown"] = [run["breakdown"] for run in runs]
     return figures
-
-
-def parse_counts(text: str) -> list[int]:
-    try:
-        counts = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid counts {text!r}; give agent counts such as 1,10,30") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"invalid counts {text!r}; every count must be at least 1")
-    return counts
 
 
 def main() -> int:
