@@ -15,7 +15,7 @@ import threading
 TCP_PORT = 8080
 UDP_PORT = 9090
 DNS_PORT = 5353
-# A documentation address (TEST-NET-1): the answer only has to exist, it is never contacted.
+# A documentation address (TEST-NET-1) for the DNS reply: it only has to exist, so nothing ever contacts it.
 DNS_ANSWER = "192.0.2.1"
 
 

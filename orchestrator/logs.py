@@ -2,7 +2,7 @@
 
 Reading logs is no action on the container that the monitor reports, so it is
 safe on a live run. A followed stream is closed as soon as its container stops,
-even when the engine keeps the connection open (field report R3), so `logs -f`
+even when the engine keeps the connection open, so `logs -f`
 ends when the agent does.
 """
 

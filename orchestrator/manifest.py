@@ -188,7 +188,7 @@ class LimitOverrides(Model):
     max_files: int | None = Field(default=None, ge=1, le=10_000_000)
 
 
-# How an agent's container is isolated from the host kernel: runc shares it, gvisor runs the agent on
+# Isolation of an agent's container from the host kernel: runc shares it, gvisor runs the agent on
 # gVisor's user-space kernel (the engine's runsc runtime).
 Isolation = Literal["runc", "gvisor"]
 
@@ -214,7 +214,7 @@ PolicyAction = Literal["shutdown", "stop-agent", "warn"]
 
 
 class Monitor(Model):
-    """How the safety monitor watches a run."""
+    """Settings of the safety monitor."""
 
     # Seconds between re-inspections of every container against the plan.
     posture_interval: Duration = Field(default=5.0, ge=0.5, le=3600)
@@ -227,7 +227,7 @@ class Monitor(Model):
 
 
 class Shutdown(Model):
-    """How fast a run stops after a violation, Ctrl-C or `orchestrate stop`."""
+    """Deadline and grace period of a stop after a violation, Ctrl-C or `orchestrate stop`."""
 
     # Every container has exited by then; the grace period is cut to fit.
     deadline: Duration = Field(default=15.0, ge=1, le=3600)

@@ -34,7 +34,7 @@ from .workspace_watch import FileMonitor
 
 log = logging.getLogger(__name__)
 
-# The longest a closed file waits to be published while its agent keeps writing others.
+# Maximum wait, in seconds, before a closed file is published while its agent keeps writing others.
 PUBLISH_MAX_DELAY = 5.0
 
 Report = Callable[[Violation], None]
@@ -146,7 +146,7 @@ class Monitor:
                         await self._publish(self._agents[agent], paths)
 
     async def _closed_by_every_writer(self, agent: str, paths: frozenset[str]) -> frozenset[str]:
-        """Drop the paths a process of the agent still holds open for writing; they wait for their last close.
+        """Drop the paths that a process of the agent still has open for writing: they wait for their last close.
 
         Under gVisor the host does not see the agent's descriptors, so nothing is published before the exit.
         """

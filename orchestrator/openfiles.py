@@ -2,7 +2,7 @@
 
 A close or a rename does not prove that a file is complete: another descriptor
 may still write it. Before a file is published while its agent runs, the
-monitor asks here whether any process of the agent's container has it open
+monitor checks here whether any process of the agent's container has it open
 for writing, and leaves such files for the publish at the agent's exit.
 """
 
@@ -18,8 +18,10 @@ WRITE_MODES = os.O_WRONLY | os.O_RDWR
 
 def open_for_writing(pid: int, prefix: str, *, cgroup_root: Path = CGROUP_ROOT,
                      proc: Path = Path("/proc")) -> set[str] | None:
-    """Return the paths below `prefix` (a path inside the container) that a process of the container of `pid`
-    holds open for writing, relative to `prefix`; None when the container's processes cannot be read."""
+    """Return the paths below `prefix`, relative to it, that a process of `pid`'s container has open for writing.
+
+    `prefix` is a path inside the container. Return None when the container's processes cannot be read.
+    """
     processes = container_processes(pid, cgroup_root=cgroup_root, proc=proc)
     if processes is None:
         return None

@@ -440,7 +440,7 @@ class Supervisor:
         return report
 
     def snapshot(self) -> list[AgentRow]:
-        """The live view's rows: each agent's state, time, files and bytes so far, last event, violations."""
+        """Return the live view's rows: each agent's state, time, files and bytes so far, last event, violations."""
         rows = []
         for agent in self.plan.agents:
             result = self.results[agent.name]
@@ -462,7 +462,10 @@ class Supervisor:
     # -- violations ----------------------------------------------------------------------------------------
 
     def _on_violation(self, violation: Violation) -> None:
-        """Record a violation and apply the run's policy to it; called on the event loop, never blocks."""
+        """Record a violation and apply the run's policy to it, on the event loop.
+
+        The audit record is written and flushed here, before any stop starts: about a millisecond, more on a slow disk.
+        """
         action = self.plan.policy.get(violation.kind, "shutdown")
         self.violations.append(violation)
         self._audit("violation", violation=violation.kind, action=action, **{
@@ -525,7 +528,7 @@ class Supervisor:
     async def _stop_every_container(self, violation: Violation, grace: float, deadline: float) -> None:
         containers = list(self._containers.values())
         # Not cut at the deadline: each stop is bounded by the grace period and the kill's confirmation, and
-        # the complete outcomes say which container, if any, outlived the deadline.
+        # the complete outcomes show which container, if any, outlived the deadline.
         outcomes = await stop_all(self.runtime, self.workers, containers, grace=grace, force=self.force)
         seconds = time.monotonic() - violation.detected_at
         self.stop_seconds = seconds

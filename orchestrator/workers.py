@@ -19,8 +19,8 @@ import anyio.to_thread
 T = TypeVar("T")
 
 CONTROL_THREADS = 32
-# Creates are many and slow when they come together; a pool of their own keeps them from holding every
-# control thread while created agents wait to be started.
+# Many creates at once are slow. A pool of their own keeps them from taking every control thread while
+# created agents wait to be started.
 CREATE_THREADS = 32
 SHUTDOWN_THREADS = 16
 
@@ -30,8 +30,8 @@ class Workers:
         self.control = anyio.CapacityLimiter(CONTROL_THREADS)
         self.creating = anyio.CapacityLimiter(CREATE_THREADS)
         self.waiting = anyio.CapacityLimiter(max(agent_count, 1) * 2 + 2)
-        # A SIGKILL call returns only when its container has exited, so each agent may hold a thread
-        # during a stop; with fewer, the kills of a large run go out in waves.
+        # A SIGKILL call returns only when its container has exited, so each agent may need a thread during a
+        # stop. With fewer threads the kills of a large run go out in waves.
         self.shutdown = anyio.CapacityLimiter(max(SHUTDOWN_THREADS, agent_count + 4))
 
     async def call(self, function: Callable[..., T], *args: object) -> T:

@@ -1,6 +1,6 @@
 """Watch every agent workspace while agents run: inotify events plus periodic reconciliation scans.
 
-Events alone are not enough (field report M1): the kernel's queue overflows
+Events alone are not enough: the kernel's queue overflows
 under a flood and the watch budget is shared with the user's editor. So a
 full scan of each workspace runs every `rescan_interval` seconds, at once
 after an overflow and after a folder is moved, and a workspace that cannot

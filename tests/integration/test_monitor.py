@@ -35,7 +35,7 @@ def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, di
         pytest.fail(f"no result (exit {process.returncode}):\n{stdout}\n{stderr}")
 
 
-def test_two_writers_of_an_exclusive_path_stop_the_run_with_evidence(project: Project) -> None:
+def test_conflict_stops_run_with_evidence(project: Project) -> None:
     writer = sh(f"echo $ORCHESTRATE_AGENT > report.md; echo wrote; {HOLD}")
     manifest = project.manifest(
         [{"name": "alpha", "command": writer}, {"name": "beta", "command": writer}],
@@ -56,7 +56,8 @@ def test_two_writers_of_an_exclusive_path_stop_the_run_with_evidence(project: Pr
 
     run_dir = Path(result["run_dir"])
     shutdown = audit_records(run_dir, "shutdown")
-    assert len(shutdown) == 1 and shutdown[0]["within_deadline"] is True
+    assert len(shutdown) == 1
+    assert shutdown[0]["within_deadline"] is True
     assert shutdown[0]["seconds"] == pytest.approx(result["stop_seconds"], abs=0.01)
     for name in ("alpha", "beta"):
         inspect = read_json(run_dir / "agents" / f"{name}.inspect.json")
@@ -74,7 +75,7 @@ def test_two_writers_of_an_exclusive_path_stop_the_run_with_evidence(project: Pr
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_the_stop_time_is_printed(project: Project) -> None:
+def test_stop_time_printed(project: Project) -> None:
     manifest = project.manifest(
         [{"name": "stray", "command": sh(f"echo x > stray.txt; {HOLD}"), "writes": ["docs/**"]}],
     )
@@ -145,7 +146,7 @@ def test_quota_exceeded_stops_the_run(project: Project) -> None:
     assert "over the limit of 5" in result["stopped_by"]["detail"]
 
 
-def test_an_exec_from_outside_is_tampering(project: Project) -> None:
+def test_tampering_outside_exec(project: Project) -> None:
     manifest = project.manifest([{"name": "target", "command": sh(HOLD)}])
     process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
     container = project.wait_for_running(1)[0]
@@ -158,7 +159,7 @@ def test_an_exec_from_outside_is_tampering(project: Project) -> None:
     assert project.containers() == []
 
 
-def test_a_network_attached_from_outside_is_caught_within_the_posture_interval(
+def test_tampering_network_attached(
     project: Project, docker_client: docker.DockerClient
 ) -> None:
     network = docker_client.networks.create(
@@ -189,7 +190,7 @@ def test_a_network_attached_from_outside_is_caught_within_the_posture_interval(
         network.remove()
 
 
-def test_a_flood_of_files_keeps_the_run_healthy(project: Project) -> None:
+def test_flood_keeps_run_healthy(project: Project) -> None:
     flood = (
         "import os\n"
         "for folder in range(20):\n"
@@ -209,7 +210,7 @@ def test_a_flood_of_files_keeps_the_run_healthy(project: Project) -> None:
 
 
 def test_thirty_stubborn_agents_stop_within_the_deadline(project: Project) -> None:
-    # Field reports R2 and R6: every agent ignores SIGTERM and holds a waiting thread, yet the stop has
+    # Every agent ignores SIGTERM and keeps a waiting thread busy, yet the stop has
     # threads of its own, kills after the grace period, and counts a container stopped only by inspect.
     stubborn = sh(f"trap '' TERM; {HOLD}")
     agents = [{"name": f"a{index:02d}", "command": stubborn, "writes": [f"a{index:02d}/**"]} for index in range(30)]
@@ -228,7 +229,7 @@ def test_thirty_stubborn_agents_stop_within_the_deadline(project: Project) -> No
     assert len(killed) == 30
 
 
-def test_a_changed_limit_is_posture_drift(project: Project) -> None:
+def test_posture_drift_changed_limit(project: Project) -> None:
     # With tampering at warn, the update event is only recorded; the posture check then stops the run.
     manifest = project.manifest(
         [{"name": "target", "command": sh(HOLD), "resources": {"memory": "256m"}}],
@@ -277,8 +278,8 @@ def test_cleanup_refuses_an_active_run(project: Project) -> None:
     assert finish(process)[0] == 130
 
 
-def test_a_file_still_open_elsewhere_is_not_published_early(project: Project) -> None:
-    # Second red-team pass: closing a second descriptor sends IN_CLOSE_WRITE while the first still writes.
+def test_publish_skips_file_still_open(project: Project) -> None:
+    # Closing a second descriptor sends IN_CLOSE_WRITE while the first one still writes.
     writer = (
         "import os, time\n"
         "first = os.open('partial.txt', os.O_WRONLY | os.O_CREAT, 0o644)\n"

@@ -138,8 +138,8 @@ def test_inotify_count_reads_fdinfo(tmp_path: Path) -> None:
     assert count_inotify_watches((tmp_path / "4242").stat().st_uid, proc=tmp_path) == 2
 
 
-def test_a_runs_folder_that_is_a_file_fails(tmp_path: Path) -> None:
-    # New-user finding: doctor called /etc/passwd a fine runs folder, which `run` then refuses.
+def test_runs_folder_file_fails(tmp_path: Path) -> None:
+    # `run` rejects a runs folder that is a file, so doctor must fail it too.
     a_file = tmp_path / "runs"
     a_file.write_text("not a folder\n")
     assert runs_dir_problem(a_file) == "is a file, not a folder"
@@ -147,4 +147,5 @@ def test_a_runs_folder_that_is_a_file_fails(tmp_path: Path) -> None:
     report = run_checks(DoctorFacts(docker_error="unreachable", runs_dir=a_file,
                                     runs_dir_problem=runs_dir_problem(a_file)))
     check = next(item for item in report.checks if item.name == "runs folder")
-    assert check.status == "fail" and report.exit_code == 1
+    assert check.status == "fail"
+    assert report.exit_code == 1

@@ -72,7 +72,7 @@ def ws(plan: RunPlan, name: str) -> Path:
     return next(item.workspace for item in plan.agents if item.name == name)
 
 
-def test_a_second_writer_of_an_exclusive_path_is_a_write_conflict(two_writers: RunPlan) -> None:
+def test_conflict_second_exclusive_writer(two_writers: RunPlan) -> None:
     async def act(monitor: FileMonitor, recorder: Recorder) -> None:
         (ws(two_writers, "alpha") / "report.md").write_text("alpha's\n")
         await anyio.sleep(0.1)
@@ -87,7 +87,7 @@ def test_a_second_writer_of_an_exclusive_path_is_a_write_conflict(two_writers: R
     assert conflict[0].evidence["first_writer"] == "alpha"
 
 
-def test_writing_into_another_agents_claim_is_a_write_conflict(two_writers: RunPlan) -> None:
+def test_conflict_write_into_other_claim(two_writers: RunPlan) -> None:
     async def act(monitor: FileMonitor, recorder: Recorder) -> None:
         (ws(two_writers, "beta") / "alpha").mkdir()
         (ws(two_writers, "beta") / "alpha" / "x.md").write_text("mine now\n")
@@ -123,7 +123,7 @@ def test_each_file_kind_is_judged(two_writers: RunPlan) -> None:
     assert not any(subject in ("alpha/inside", "SUMMARY.md") for _kind, _agent, subject in kinds)
 
 
-def test_closed_files_are_offered_for_publishing_but_append_paths_wait(two_writers: RunPlan) -> None:
+def test_publish_offers_closed_files_only(two_writers: RunPlan) -> None:
     alpha = ws(two_writers, "alpha")
 
     (alpha / "alpha").mkdir()
@@ -158,7 +158,7 @@ def test_quota_is_checked_on_bytes(plan_for: Callable[..., RunPlan], source_dir:
     assert ("quota-exceeded", "alpha", "") in recorder.kinds()
 
 
-def test_a_flood_with_a_planted_link_is_seen(plan_for: Callable[..., RunPlan], source_dir: Path) -> None:
+def test_flood_planted_link_seen(plan_for: Callable[..., RunPlan], source_dir: Path) -> None:
     plan = plan_for(manifest_data(source_dir, agents=[agent("alpha", writes=["**"])]))
     workspace.prepare(plan)
     root = plan.agents[0].workspace
@@ -177,7 +177,7 @@ def test_a_flood_with_a_planted_link_is_seen(plan_for: Callable[..., RunPlan], s
     assert [(v.kind, v.subject) for v in recorder.violations] == [("escape-attempt", "d10/planted")]
 
 
-def test_the_watch_limit_falls_back_to_polling(two_writers: RunPlan) -> None:
+def test_watch_limit_falls_back_polling(two_writers: RunPlan) -> None:
     alpha = ws(two_writers, "alpha")
 
     recorder = Recorder()
@@ -220,7 +220,7 @@ def test_claim_map_rules() -> None:
     assert finding is not None and finding.kind == "claim-violation"
 
 
-def test_an_intruder_writing_first_does_not_make_the_owner_the_culprit(
+def test_conflict_blames_intruder_not_owner(
     plan_for: Callable[..., RunPlan], source_dir: Path
 ) -> None:
     plan = plan_for(manifest_data(source_dir, agents=[agent("owner", writes=["reports/**"]), agent("intruder")]))
@@ -238,8 +238,8 @@ def test_an_intruder_writing_first_does_not_make_the_owner_the_culprit(
     assert [(v.kind, v.agent) for v in recorder.violations] == [("write-conflict", "intruder")]
 
 
-def test_a_link_through_a_self_link_is_an_escape(two_writers: RunPlan) -> None:
-    # Red-team finding: `s -> .` makes s/s/../.. climb out although the text normalizes inside.
+def test_escape_through_self_link(two_writers: RunPlan) -> None:
+    # With `s -> .`, s/s/../.. climbs out although the text normalizes to a path inside.
     alpha = ws(two_writers, "alpha")
     (alpha / "alpha").mkdir()
 
@@ -253,8 +253,8 @@ def test_a_link_through_a_self_link_is_an_escape(two_writers: RunPlan) -> None:
     assert ("escape-attempt", "alpha", "alpha/s") not in recorder.kinds()
 
 
-def test_an_exchanged_link_is_judged(two_writers: RunPlan) -> None:
-    # Red-team finding: renameat2(RENAME_EXCHANGE) moves the old name out and the link in, in one batch.
+def test_escape_exchanged_link_judged(two_writers: RunPlan) -> None:
+    # renameat2(RENAME_EXCHANGE) moves the old name out and the link in, in one batch of events.
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -275,8 +275,8 @@ def test_an_exchanged_link_is_judged(two_writers: RunPlan) -> None:
     assert ("escape-attempt", "alpha", "alpha/ok") in recorder.kinds()
 
 
-def test_a_folder_swapped_for_a_link_is_not_followed(two_writers: RunPlan, tmp_path: Path) -> None:
-    # Red-team finding: the monitor must never list, watch or report anything outside the workspace.
+def test_walk_swapped_folder_not_followed(two_writers: RunPlan, tmp_path: Path) -> None:
+    # The monitor must not list, watch or report anything outside the workspace.
     outside = tmp_path / "host-secrets"
     (outside / "inner").mkdir(parents=True)
     (outside / "inner" / "secret.conf").write_text("host data\n")
@@ -310,8 +310,8 @@ def test_folders_nested_too_deep_are_a_violation(two_writers: RunPlan) -> None:
     assert any(v.kind == "quota-exceeded" and "deeper than 64" in v.detail for v in recorder.violations)
 
 
-def test_a_later_link_that_redirects_an_older_one_is_caught(two_writers: RunPlan) -> None:
-    # Second red-team pass: L -> d/d/d/d/../../../../etc/passwd is harmless until d -> . appears.
+def test_escape_redirected_by_later_link(two_writers: RunPlan) -> None:
+    # L -> d/d/d/d/../../../../etc/passwd stays inside until d -> . appears.
     alpha = ws(two_writers, "alpha")
     (alpha / "alpha").mkdir()
 
@@ -325,8 +325,8 @@ def test_a_later_link_that_redirects_an_older_one_is_caught(two_writers: RunPlan
     assert ("escape-attempt", "alpha", "alpha/L") in recorder.kinds()
 
 
-def test_a_link_built_to_be_slow_to_resolve_is_judged_fast() -> None:
-    # Second red-team pass: kilobytes of d/../ through chained links blocked the event loop for seconds.
+def test_escape_slow_link_judged_fast() -> None:
+    # Kilobytes of d/../ through chained links would keep the event loop busy for seconds without a cap.
     from orchestrator.symlinks import link_escapes
 
     segment = "d/" * 60 + "../" * 60

@@ -22,7 +22,7 @@ from tests.unit.conftest import agent, manifest_data
 
 
 class UnreachableEngine:
-    """A runtime whose engine never answers: every event connection fails."""
+    """A runtime whose engine is unreachable: every event connection fails."""
 
     def __init__(self) -> None:
         self.connections = 0
@@ -42,7 +42,7 @@ def plan(plan_for: Callable[..., RunPlan], source_dir: Path) -> RunPlan:
     return built
 
 
-def test_a_lost_event_stream_is_a_monitor_failure(plan: RunPlan) -> None:
+def test_monitor_failure_lost_event_stream(plan: RunPlan) -> None:
     engine = UnreachableEngine()
     reported: list[Violation] = []
 
@@ -67,7 +67,7 @@ def test_every_kind_defaults_to_shutdown() -> None:
     assert len(policy) == 6
 
 
-def test_the_table_lines_up_and_cuts_long_events() -> None:
+def test_table_aligns_and_cuts_events() -> None:
     rows = [
         AgentRow("alpha", "running", 1.25, 3, 2048, "wrote a/b.md", 0),
         AgentRow("beta-long-name", "violation", None, 0, 0, "x" * 100 + "\x1b[2J", 2),
@@ -76,10 +76,11 @@ def test_the_table_lines_up_and_cuts_long_events() -> None:
     assert lines[0].split() == ["AGENT", "STATE", "ELAPSED", "FILES", "BYTES", "VIOLATIONS", "LAST", "EVENT"]
     assert lines[1].index("running") == lines[2].index("violation")
     assert "1.2s" in lines[1] or "1.3s" in lines[1]
-    assert "\x1b" not in lines[2] and lines[2].endswith("...")
+    assert "\x1b" not in lines[2]
+    assert lines[2].endswith("...")
 
 
-def test_the_live_table_redraws_in_place_and_keeps_log_lines() -> None:
+def test_live_table_redraws_in_place() -> None:
     stream = io.StringIO()
     table = LiveTable(stream)
     state = {"files": 0}
@@ -111,4 +112,5 @@ def test_json_lines_are_one_record_per_line() -> None:
     lines(Activity("published", "beta", "published 1 file(s)"))
     records = stream.getvalue().splitlines()
     assert len(records) == 2
-    assert '"kind": "violation"' in records[0] and "two\\nlines" in records[0]
+    assert '"kind": "violation"' in records[0]
+    assert "two\\nlines" in records[0]

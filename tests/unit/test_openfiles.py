@@ -1,4 +1,4 @@
-"""Files held open for writing, found through /proc the way the monitor asks before an early publish."""
+"""Files open for writing, found through /proc as the monitor does before an early publish."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from orchestrator.openfiles import container_processes, open_for_writing
 
 
-def test_a_file_open_for_writing_is_busy_and_a_closed_or_read_only_one_is_not(tmp_path: Path) -> None:
+def test_open_for_writing_finds_writers(tmp_path: Path) -> None:
     writing = tmp_path / "writing.txt"
     reading = tmp_path / "reading.txt"
     reading.write_text("done\n")
@@ -17,7 +17,8 @@ def test_a_file_open_for_writing_is_busy_and_a_closed_or_read_only_one_is_not(tm
         busy = open_for_writing(os.getpid(), str(tmp_path))
     assert busy is not None
     assert "writing.txt" in busy
-    assert "reading.txt" not in busy and "closed.txt" not in busy
+    assert "reading.txt" not in busy
+    assert "closed.txt" not in busy
     assert "writing.txt" not in (open_for_writing(os.getpid(), str(tmp_path)) or set())
 
 

@@ -1,4 +1,4 @@
-"""Field reports R2 and R6 at the level of the stop algorithm, with a scripted runtime."""
+"""The stop algorithm against a scripted runtime whose calls time out, fail or never see an exit."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def stop(runtime: ScriptedRuntime, *, grace: float, container_id: str = "c1") ->
     return anyio.run(main)
 
 
-def test_a_stubborn_container_is_killed_after_the_grace_period() -> None:
+def test_stop_kills_after_grace() -> None:
     runtime = ScriptedRuntime()
     outcome = stop(runtime, grace=0.3)
     assert outcome.stopped and outcome.killed
@@ -76,14 +76,14 @@ def test_a_stubborn_container_is_killed_after_the_grace_period() -> None:
     assert [name for _id, name in runtime.signals] == ["SIGTERM", "SIGKILL"]
 
 
-def test_a_failed_sigterm_leads_to_a_kill_not_to_stopped() -> None:
+def test_stop_failed_sigterm_kills() -> None:
     runtime = ScriptedRuntime(term_fails=True)
     outcome = stop(runtime, grace=5)
     assert outcome.stopped and outcome.killed
     assert outcome.seconds < 1
 
 
-def test_a_wait_that_times_out_is_no_exit() -> None:
+def test_stop_wait_timeout_is_no_exit() -> None:
     runtime = ScriptedRuntime(wait_fails=True)
     outcome = stop(runtime, grace=0.2)
     assert outcome.killed, "a client timeout of the wait must not count as the container's exit"
@@ -97,7 +97,7 @@ def test_client_errors_while_confirming_mean_another_kill(monkeypatch: pytest.Mo
     assert [name for _id, name in runtime.signals].count("SIGKILL") == 4
 
 
-def test_a_container_that_never_stops_is_never_reported_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stop_never_reports_live_container_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutdown, "KILL_CONFIRM_SECONDS", 0.5)
     monkeypatch.setattr(shutdown, "KILL_RETRY_INTERVAL", 0.05)
     runtime = ScriptedRuntime(kill_delay=3600)
@@ -121,7 +121,7 @@ def test_thirty_containers_stop_in_parallel() -> None:
 
 
 def test_busy_waiting_threads_leave_room_for_the_stop() -> None:
-    # Field report R6: thirty agents each hold a blocking wait; the stop still gets threads at once.
+    # Every waiting thread is busy with a blocking wait, yet the stop still gets threads at once.
     release = threading.Event()
     runtime = ScriptedRuntime()
     workers = Workers(30)
