@@ -237,10 +237,14 @@ class Shutdown(Model):
 
 
 class Source(Model):
-    """The host folder every agent reads, mounted read-only at /workspace/src."""
+    """The host folder agents work on, at /workspace/src.
+
+    `read-only` mounts the folder itself read-only in every agent. `copy` gives every agent a private
+    writable copy: a clone of the committed HEAD for a git repository, a file copy for any other folder.
+    """
 
     path: HostPath = Field(min_length=1)
-    mode: Literal["read-only"] = "read-only"
+    mode: Literal["read-only", "copy"] = "read-only"
 
 
 class Agent(Model):

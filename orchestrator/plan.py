@@ -21,8 +21,9 @@ from .errors import PlanError
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
 from .lifeline import wrapped_command
 from .manifest import Agent, Isolation, LoadedManifest, Monitor, Resources, Shutdown
-from .plan_checks import check_paths, isolation_problems
+from .plan_checks import check_paths, isolation_problems, shared_writable_mounts
 from .seccomp import shipped_profile
+from .source_copy import copy_path
 from .violations import full_policy
 
 # The unprivileged UID and GID that agents run as when orchestrate itself runs as root.
@@ -153,6 +154,8 @@ class AgentPlan(Frozen):
     # Host owner of the workspace, so the agent's UID can write it.
     host_uid: int
     host_gid: int
+    # The agent's private writable source copy, mounted at /workspace/src when the source mode is `copy`.
+    source_copy: Path | None = None
 
 
 class SharedPlan(Frozen):
@@ -167,6 +170,7 @@ class RunPlan(Frozen):
     manifest_sha256: str
     run_dir: Path
     source: Path
+    source_mode: Literal["read-only", "copy"] = "read-only"
     output: Path
     agents: tuple[AgentPlan, ...]
     shared: tuple[SharedPlan, ...]
@@ -241,6 +245,7 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
             env_names=env_names,
             workspace=paths.workspaces[agent.name],
             source=paths.source,
+            source_copy=copy_path(run_dir, agent.name) if manifest.source.mode == "copy" else None,
             masks=paths.masks,
             run_dir=run_dir,
             run_id=run_id,
@@ -254,6 +259,10 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
         ))
 
     problems.extend(paths.problems)
+    if not problems:
+        # A backstop behind the manifest checks, which already name the field of every overlap they find.
+        for overlap in shared_writable_mounts(agents):
+            problems.append(loaded.problem(("source",), f"{overlap}; give every agent its own folders"))
     if problems:
         # Agents that share the default image would each report the same missing image.
         problems = list(dict.fromkeys(problems))
@@ -267,6 +276,7 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
         manifest_sha256=loaded.sha256,
         run_dir=run_dir,
         source=paths.source,
+        source_mode=manifest.source.mode,
         output=paths.output,
         agents=tuple(agents),
         shared=tuple(SharedPlan(path=item.path, mode=item.mode) for item in manifest.shared),
@@ -297,6 +307,7 @@ def _agent_plan(
     env_names: tuple[str, ...],
     workspace: Path,
     source: Path,
+    source_copy: Path | None,
     masks: tuple[Path, ...],
     run_dir: Path,
     run_id: str,
@@ -310,15 +321,22 @@ def _agent_plan(
     else:
         uid, gid = facts.uid, facts.gid
 
+    if source_copy is not None:
+        source_mounts = [MountSpec(type="bind", source=str(source_copy), target=SOURCE_TARGET, read_only=False,
+                                   purpose="this agent's private copy of the source")]
+    else:
+        source_mounts = [
+            MountSpec(type="bind", source=str(source), target=SOURCE_TARGET, read_only=True,
+                      purpose="the source, read-only"),
+            *(
+                MountSpec(type="tmpfs", target=f"{SOURCE_TARGET}/{mask.relative_to(source)}",
+                          read_only=True, size=4096,
+                          purpose="hides a folder that orchestrate writes, inside the source")
+                for mask in masks
+            ),
+        ]
     mounts = [
-        MountSpec(type="bind", source=str(source), target=SOURCE_TARGET, read_only=True,
-                  purpose="the source, read-only"),
-        *(
-            MountSpec(type="tmpfs", target=f"{SOURCE_TARGET}/{mask.relative_to(source)}",
-                      read_only=True, size=4096,
-                      purpose="hides a folder that orchestrate writes, inside the source")
-            for mask in masks
-        ),
+        *source_mounts,
         MountSpec(type="bind", source=str(workspace), target=OUTPUT_TARGET, read_only=False,
                   purpose="this agent's private workspace"),
         MountSpec(type="bind", source=str(output), target=SHARED_TARGET, read_only=True,
@@ -360,6 +378,7 @@ def _agent_plan(
         publish_limits=publish_limits,
         host_uid=facts.userns_offset + uid,
         host_gid=facts.userns_offset + gid,
+        source_copy=source_copy,
     )
 
 

@@ -14,7 +14,7 @@ from .layout import STATE_FOLDER
 
 if TYPE_CHECKING:
     from .manifest import LoadedManifest
-    from .plan import HostFacts
+    from .plan import AgentPlan, HostFacts
 
 
 @dataclass
@@ -208,3 +208,24 @@ def isolation_problems(
             f"before the agent runs; set pids to {GVISOR_MIN_PIDS} or more",
         ))
     return problems
+
+
+def shared_writable_mounts(agents: list[AgentPlan]) -> list[str]:
+    """Describe every pair of writable bind mounts, of any agents, that share or nest a host path.
+
+    The manifest checks keep workspaces apart; this check covers every writable mount the plan made,
+    source copies included, so a later mount kind cannot break the rule unnoticed.
+    """
+    writable = [
+        (agent.name, Path(mount.source), mount.target)
+        for agent in agents
+        for mount in agent.container.mounts
+        if mount.type == "bind" and not mount.read_only and mount.source is not None
+    ]
+    found = []
+    for position, (agent, path, target) in enumerate(writable):
+        for other_agent, other_path, other_target in writable[position + 1:]:
+            if is_within(path, other_path) or is_within(other_path, path):
+                found.append(f"{path} ({target} of agent {agent}) and {other_path} ({other_target} of agent "
+                             f"{other_agent}) share a host path")
+    return found

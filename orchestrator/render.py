@@ -22,7 +22,7 @@ def plan_text(plan: RunPlan) -> str:
     lines = [
         f"Plan for run {plan.run_id}",
         f"  manifest  {_shown(plan.manifest)} (sha256 {plan.manifest_sha256[:12]})",
-        f"  source    {_shown(plan.source)}, read-only in every agent at /workspace/src",
+        f"  source    {_shown(plan.source)}, {_source_mode_text(plan)}",
         f"  output    {_shown(plan.output)}",
         f"  run folder {_shown(plan.run_dir)} (`orchestrate run` picks a new run id)",
     ]
@@ -41,6 +41,15 @@ def plan_text(plan: RunPlan) -> str:
         lines.append("")
         lines.extend(_agent_lines(agent))
     return "\n".join(lines)
+
+
+def _source_mode_text(plan: RunPlan) -> str:
+    if plan.source_mode != "copy":
+        return "read-only in every agent at /workspace/src"
+    if (plan.source / ".git").exists():
+        return ("a private writable clone per agent at /workspace/src, made from the committed HEAD "
+                "(uncommitted changes are not copied)")
+    return "a private writable copy of its files per agent at /workspace/src"
 
 
 def _policy_text(policy: dict[str, str]) -> str:

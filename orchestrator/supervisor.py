@@ -33,6 +33,7 @@ from .plan import LABEL_RUN, AgentPlan, RunPlan
 from .publish import PublishError, PublishReport, check_workspace, publish_agent
 from .publishing import audit_report, publish_request
 from .results import AgentResult, RunResult
+from .run_copies import prepare_run_copies, snapshot_run
 from .runtime import Lifeline, Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
 from .runtime.inspection import security_summary
@@ -107,6 +108,7 @@ class Supervisor:
     async def run(self) -> RunResult:
         started = time.monotonic()
         workspace.prepare(self.plan)
+        prepare_run_copies(self.plan)
         # Held until this process ends, so `orchestrate status` can tell a live run from a dead one.
         run_lock = RunLock(self.plan.run_dir)
         _write_json(self.plan.run_dir / "plan.json", self.plan.model_dump(mode="json"))
@@ -136,6 +138,8 @@ class Supervisor:
 
         if self.violations:
             await self._collect_evidence()
+        if self.plan.source_mode == "copy":
+            await anyio.to_thread.run_sync(snapshot_run, self.plan)
 
         result = RunResult(
             run_id=self.plan.run_id,
