@@ -1,7 +1,8 @@
 """The safety monitor: file events, the engine's event stream and posture checks, for the whole run.
 
-Three watchers feed one report function:
+Four watchers feed one report function:
 - the file monitor judges every write in every workspace (conflicts, claims, escapes, quotas);
+- the copy watch finds files that two agents changed in their private source copies (conflicts);
 - the engine's event stream shows anyone but the orchestrator acting on a container (tampering);
 - posture checks re-inspect every container every few seconds and compare it with the plan.
 The monitor also publishes files that agents closed after writing, after a short quiet time, so
@@ -20,6 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .activity import Activity, Listener
+from .copy_watch import CopyWatch
 from .errors import DockerUnavailable
 from .events import EngineEvent, EventFeed, FeedGap, FeedLost, classify
 from .layout import OUTPUT_TARGET
@@ -62,6 +64,7 @@ class Monitor:
         self.files = FileMonitor(
             plan, report=report, listener=listener, publish_ready=self._ready if self._publish else None
         )
+        self.copies = CopyWatch(plan, report=report)
         self.containers: dict[str, str] = {}
         self._agent_of: dict[str, str] = {}
         self._started: set[str] = set()
@@ -100,6 +103,7 @@ class Monitor:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as group:
             await group.start(self.files.run)
+            await group.start(self.copies.run)
             group.start_soon(self._posture_loop)
             group.start_soon(self._engine_events)
             if self._publish is not None:
