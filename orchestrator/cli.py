@@ -20,6 +20,7 @@ from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EnvironmentProblem, ImageMissing, OrchestrateError, PlanError
 
 if TYPE_CHECKING:
+    from .git_merge import MergeReport
     from .runtime.docker import DockerRuntime
 
 app = typer.Typer(
@@ -261,6 +262,95 @@ def publish(
         return 1 if any(report.findings for report in reports) else 0
 
     _guarded(body)
+
+
+@app.command()
+def diff(
+    run_id: Annotated[str, typer.Argument(help="A run whose source mode was copy.", show_default=False)],
+    agent: Annotated[str | None, typer.Argument(help="Show only this agent.")] = None,
+    stat: Annotated[bool, typer.Option("--stat", help="List changed files with counts instead of the diff.")] = False,
+    runs_dir: RunsDirOption = Path("runs"),
+) -> None:
+    """Show each agent's changes to its source copy as a unified diff against the copies' starting commit.
+
+    Exit 0, or 2 for an unknown run or agent or a run without copies.
+    """
+
+    def body() -> int:
+        from .diffing import diff_run
+
+        diffs = diff_run(runs_dir, run_id, agent, stat=stat)
+        output = sys.stdout.buffer
+        for item in diffs:
+            if len(diffs) > 1 or stat:
+                output.write(f"# agent {item.agent}: {item.base[:12]}..{item.commit[:12]}\n".encode())
+            output.write(item.text if item.text else b"(no changes)\n")
+        output.flush()
+        return 0
+
+    _guarded(body)
+
+
+@app.command()
+def merge(
+    run_id: Annotated[str, typer.Argument(help="A finished run whose source was a git repository.",
+                                          show_default=False)],
+    branch: Annotated[
+        str | None,
+        typer.Option("--branch", help="Branch that receives one commit per agent; created from the run's starting "
+                                      "commit when missing. Default: orchestrate/RUN-merged."),
+    ] = None,
+    branches: Annotated[
+        bool, typer.Option("--branches", help="Leave one branch per agent, orchestrate/RUN/AGENT, for review.")
+    ] = False,
+    runs_dir: RunsDirOption = Path("runs"),
+    json_output: JsonOption = False,
+) -> None:
+    """Apply each agent's changes, in manifest order, as commits on a branch; skip those that conflict.
+
+    The checkout, index and working tree of the repository are never touched. Exit codes: 0 every agent
+    applied (or had no changes), 1 some agents were skipped for conflicts (their files are listed), 2 invalid
+    input, such as a branch that a worktree has checked out.
+    """
+    _options["json"] = json_output
+
+    def body() -> int:
+        from .git_merge import merge_run
+
+        report = merge_run(runs_dir, run_id, branch=branch, branches=branches)
+        if json_output:
+            typer.echo(json.dumps(report.to_json(), indent=2))
+            return report.exit_code
+        for line in _merge_lines(report):
+            typer.echo(line)
+        return report.exit_code
+
+    _guarded(body)
+
+
+def _merge_lines(report: MergeReport) -> list[str]:
+    from .results import printable
+
+    lines = []
+    for item in report.items:
+        commit = (item.commit or "")[:12]
+        if item.outcome == "applied":
+            lines.append(f"{item.agent}: applied as {commit} on {report.target}")
+        elif item.outcome == "unchanged":
+            lines.append(f"{item.agent}: no changes to apply")
+        elif item.outcome == "branch":
+            lines.append(f"{item.agent}: branch {item.branch} at {commit}")
+        elif item.outcome == "exists":
+            lines.append(f"{item.agent}: skipped: branch {item.branch} already exists at {commit}; "
+                         "delete it with `git branch -D` to make it again")
+        else:
+            files = ", ".join(printable(path) for path in item.files)
+            lines.append(f"{item.agent}: skipped: conflicts in {files}")
+    skipped = sum(item.outcome in ("conflict", "exists") for item in report.items)
+    if report.target is not None:
+        lines.append(f"{len(report.items) - skipped} of {len(report.items)} agent(s) merged onto {report.target}"
+                     + (f"; {skipped} skipped" if skipped else ""))
+    return lines
 
 
 @app.command()

@@ -1,15 +1,17 @@
-"""The source copies of one run: make them from its plan, and record each agent's copy as a commit."""
+"""The source copies of one run: make them from its plan, record each agent's copy as a commit, find them again."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from .errors import OrchestrateError
+from .errors import InputError, OrchestrateError
+from .host_git import git
 from .layout import STATE_FOLDER
-from .plan import RunPlan
+from .plan import RUN_ID_PATTERN, RunPlan
 from .snapshots import Snapshot, snapshot_ref, take_snapshot
 from .source_copy import CopyRequest, CopySource, copy_path, load_copy_source, prepare_copies
+from .status import is_active
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +63,45 @@ def snapshot_run(plan: RunPlan) -> None:
             continue
         log.info("agent %s: its copy is recorded as commit %s (%s)", agent.name, snapshot.commit[:12],
                  snapshot_ref(plan.run_id, agent.name))
+
+
+def load_run(runs_root: Path, run_id: str) -> tuple[RunPlan, CopySource]:
+    """Return the plan and the copies record of a finished or running run; raise InputError for a bad run."""
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise InputError(f"invalid run id '{run_id}'; copy it from `orchestrate status --runs-dir {runs_root}`")
+    run_dir = runs_root / run_id
+    try:
+        plan = RunPlan.model_validate_json((run_dir / "plan.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"run {run_id} is unknown: {run_dir / 'plan.json'} does not exist; list the runs with "
+                         f"`orchestrate status --runs-dir {runs_root}`, or pass --runs-dir") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {run_dir / 'plan.json'}: {exc}") from exc
+    record = load_copy_source(run_dir)
+    if plan.source_mode != "copy" or record is None:
+        raise InputError(f"run {run_id} gave its agents no source copies (its source mode is {plan.source_mode}); "
+                         "only runs with `source: {path: ..., mode: copy}` have changes to show or merge")
+    return plan, record
+
+
+def pick_agents(plan: RunPlan, agent: str | None) -> list[str]:
+    """Return the agents to act on, in manifest order: all of them, or the one named."""
+    names = [item.name for item in plan.agents]
+    if agent is None:
+        return names
+    if agent not in names:
+        raise InputError(f"run {plan.run_id} has no agent '{agent}'; its agents are: {', '.join(names)}")
+    return [agent]
+
+
+def agent_commit(plan: RunPlan, record: CopySource, agent: str) -> str:
+    """Return the commit of an agent's work: the snapshot taken after the run, or a new one while it runs."""
+    ref = snapshot_ref(plan.run_id, agent)
+    if not is_active(plan.run_dir):
+        completed = git(record.git_dir, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+        if completed.returncode == 0:
+            return completed.stdout.decode().strip()
+    if not copy_path(plan.run_dir, agent).is_dir():
+        raise InputError(f"agent {agent} of run {plan.run_id} has neither a copy at {copy_path(plan.run_dir, agent)} "
+                         f"nor a snapshot {ref} in {record.git_dir}; its changes are gone")
+    return snapshot_agent(record, run_id=plan.run_id, run_dir=plan.run_dir, agent=agent).commit
