@@ -6,7 +6,9 @@ from pathlib import Path
 
 from .errors import InputError
 from .plan import LABEL_AGENT, LABEL_RUN, RUN_ID_PATTERN, RunPlan
+from .run_copies import remove_snapshot_refs
 from .runtime.docker import DockerRuntime
+from .source_copy import copies_root
 from .status import is_active
 from .workspace import remove_tree
 
@@ -72,9 +74,14 @@ def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove
             "check the run id, or pass --runs-dir with the folder that holds the run"
         )
 
+    if run_id is not None and not remove_files and copies_root(runs_root / run_id).is_dir():
+        lines.append(f"kept the agents' source copies in {copies_root(runs_root / run_id)}; delete them and "
+                     "the run's snapshot refs with --remove-files")
     if remove_files and run_id is not None:
         folder = runs_root / run_id
         if folder.is_dir():
+            for ref in remove_snapshot_refs(folder, run_id):
+                lines.append(f"deleted the ref {ref}")
             for workspace in _workspaces_outside(folder):
                 remove_tree(workspace)
                 lines.append(f"deleted the agent workspace {workspace}")

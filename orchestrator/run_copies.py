@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 
 from .errors import InputError, OrchestrateError
-from .host_git import git
+from .host_git import git, repository_lock
 from .layout import STATE_FOLDER
 from .plan import RUN_ID_PATTERN, RunPlan
-from .snapshots import Snapshot, snapshot_ref, take_snapshot
+from .snapshots import REF_PREFIX, Snapshot, snapshot_ref, take_snapshot
 from .source_copy import CopyRequest, CopySource, copy_path, load_copy_source, prepare_copies
 from .status import is_active
 
@@ -105,3 +105,21 @@ def agent_commit(plan: RunPlan, record: CopySource, agent: str) -> str:
         raise InputError(f"agent {agent} of run {plan.run_id} has neither a copy at {copy_path(plan.run_dir, agent)} "
                          f"nor a snapshot {ref} in {record.git_dir}; its changes are gone")
     return snapshot_agent(record, run_id=plan.run_id, run_dir=plan.run_dir, agent=agent).commit
+
+
+def remove_snapshot_refs(run_dir: Path, run_id: str) -> list[str]:
+    """Delete the snapshot refs a run left in the user's repository; return their names.
+
+    Branches that `orchestrate merge` made stay: the user asked for them.
+    """
+    record = load_copy_source(run_dir)
+    if record is None or record.kind != "git" or not record.git_dir.is_dir():
+        return []
+    prefix = f"{REF_PREFIX}/{run_id}/"
+    with repository_lock(record.git_dir):
+        listing = git(record.git_dir, "for-each-ref", "--format=%(refname)", prefix).stdout.decode()
+        refs = [line for line in listing.splitlines() if line.startswith(prefix)]
+        if refs:
+            commands = "".join(f"delete {ref}\n" for ref in refs).encode()
+            git(record.git_dir, "update-ref", "--stdin", input_data=commands)
+    return refs
