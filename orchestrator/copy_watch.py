@@ -91,12 +91,16 @@ class CopyWatch:
         if not self.states:
             task_status.started()
             return
-        self._baseline = await anyio.to_thread.run_sync(load_baseline, self.plan.run_dir)
+        await self.load()
         await self.scan_all()
         task_status.started()
         while True:
             await anyio.sleep(self.interval)
             await self.scan_all()
+
+    async def load(self) -> None:
+        """Read the blob ids recorded when the copies were made."""
+        self._baseline = await anyio.to_thread.run_sync(load_baseline, self.plan.run_dir)
 
     async def scan_all(self) -> None:
         for state in self.states:

@@ -108,12 +108,15 @@ class Supervisor:
     async def run(self) -> RunResult:
         started = time.monotonic()
         workspace.prepare(self.plan)
-        prepare_run_copies(self.plan)
+        copies = prepare_run_copies(self.plan)
         # Held until this process ends, so `orchestrate status` can tell a live run from a dead one.
         run_lock = RunLock(self.plan.run_dir)
         _write_json(self.plan.run_dir / "plan.json", self.plan.model_dump(mode="json"))
         self._log = AuditLog.create(self.plan.run_dir / "audit.jsonl", run_id=self.plan.run_id)
         self._audit_run_start()
+        if copies is not None:
+            self._audit("source-copies", copy_kind=copies.kind, git_dir=str(copies.git_dir),
+                        base_commit=copies.base_commit, agents=[agent.name for agent in self.plan.agents])
         count = len(self.plan.agents)
         log.info("run %s started with %d agent%s in %s", self.plan.run_id, count, "" if count == 1 else "s",
                  self.plan.run_dir)

@@ -1,0 +1,356 @@
+"""Source copies without Docker: plan mounts, making copies, reading them safely, change tracking, diff and merge."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from orchestrator.copy_tree import blob_id, walk
+from orchestrator.copy_watch import CopyState, CopyWatch
+from orchestrator.diffing import diff_run
+from orchestrator.errors import InputError, ManifestError
+from orchestrator.git_merge import merge_run
+from orchestrator.layout import SOURCE_TARGET
+from orchestrator.plan import RunPlan
+from orchestrator.plan_checks import shared_writable_mounts
+from orchestrator.run_copies import prepare_run_copies, remove_snapshot_refs, snapshot_run
+from orchestrator.snapshots import quote_path
+from orchestrator.source_copy import copy_path, load_baseline
+from orchestrator.violations import Violation
+
+from .conftest import agent, manifest_data
+
+PlanFor = Callable[..., RunPlan]
+
+
+def git(repo: Path, *args: str) -> str:
+    completed = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, f"git {' '.join(args)}: {completed.stderr}"
+    return completed.stdout
+
+
+@pytest.fixture
+def repository(source_dir: Path) -> Path:
+    git(source_dir, "init", "--quiet", "--initial-branch=main")
+    git(source_dir, "config", "user.name", "Test User")
+    git(source_dir, "config", "user.email", "test@example.invalid")
+    (source_dir / "a.txt").write_text("a\n", encoding="utf-8")
+    (source_dir / "b.txt").write_text("b\n", encoding="utf-8")
+    git(source_dir, "add", "--all")
+    git(source_dir, "commit", "--quiet", "-m", "start")
+    return source_dir
+
+
+def copy_data(source: Path, *names: str, mode: str = "copy") -> dict[str, object]:
+    data = manifest_data(source, agents=[agent(name) for name in names])
+    data["source"] = {"path": str(source), "mode": mode}
+    return data
+
+
+def copy_plan(plan_for: PlanFor, source: Path, *names: str) -> RunPlan:
+    plan = plan_for(copy_data(source, *names))
+    plan.run_dir.mkdir(parents=True)
+    (plan.run_dir / "plan.json").write_text(plan.model_dump_json(), encoding="utf-8")
+    return plan
+
+
+# -- manifest and plan ---------------------------------------------------------------------------------------
+
+
+def test_copy_mode_mounts_private_copy(plan_for: PlanFor, source_dir: Path) -> None:
+    plan = copy_plan(plan_for, source_dir, "alpha", "beta")
+
+    assert plan.source_mode == "copy"
+    for item in plan.agents:
+        mounts = {mount.target: mount for mount in item.container.mounts}
+        assert item.source_copy == copy_path(plan.run_dir, item.name)
+        assert mounts[SOURCE_TARGET].source == str(item.source_copy)
+        assert mounts[SOURCE_TARGET].read_only is False
+        assert all(mount.source != str(source_dir) for mount in item.container.mounts)
+
+
+def test_read_only_mode_unchanged(plan_for: PlanFor, source_dir: Path) -> None:
+    plan = plan_for(manifest_data(source_dir))
+
+    mounts = {mount.target: mount for mount in plan.agents[0].container.mounts}
+    assert plan.source_mode == "read-only"
+    assert plan.agents[0].source_copy is None
+    assert mounts[SOURCE_TARGET].source == str(source_dir)
+    assert mounts[SOURCE_TARGET].read_only is True
+
+
+def test_copy_writable_mounts_disjoint(plan_for: PlanFor, source_dir: Path) -> None:
+    plan = copy_plan(plan_for, source_dir, "alpha", "beta", "gamma")
+
+    assert shared_writable_mounts(list(plan.agents)) == []
+
+
+def test_shared_writable_mount_found(plan_for: PlanFor, source_dir: Path) -> None:
+    plan = copy_plan(plan_for, source_dir, "alpha", "beta")
+    alpha, beta = plan.agents
+    nested = beta.model_copy(update={"container": beta.container.model_copy(update={"mounts": tuple(
+        mount.model_copy(update={"source": str(alpha.workspace / "inner")}) if mount.target == SOURCE_TARGET
+        else mount
+        for mount in beta.container.mounts
+    )})})
+
+    found = shared_writable_mounts([alpha, nested])
+
+    assert len(found) == 1
+    assert "alpha" in found[0] and "beta" in found[0]
+
+
+def test_unknown_source_mode_rejected(plan_for: PlanFor, source_dir: Path) -> None:
+    with pytest.raises(ManifestError) as caught:
+        plan_for(copy_data(source_dir, "alpha", mode="writable"))
+
+    assert "source.mode" in str(caught.value)
+
+
+# -- making copies -------------------------------------------------------------------------------------------
+
+
+def test_git_copy_is_self_contained(plan_for: PlanFor, repository: Path) -> None:
+    (repository / "a.txt").write_text("uncommitted\n", encoding="utf-8")
+    plan = copy_plan(plan_for, repository, "alpha")
+
+    record = prepare_run_copies(plan)
+
+    copy = copy_path(plan.run_dir, "alpha")
+    assert record is not None and record.kind == "git"
+    assert (copy / "a.txt").read_text(encoding="utf-8") == "a\n"
+    mine, theirs = os.stat(repository / "b.txt"), os.stat(copy / "b.txt")
+    assert (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino)
+    assert (copy / ".git").is_dir()
+    assert git(copy, "-c", "safe.directory=*", "remote") == ""
+    assert git(copy, "-c", "safe.directory=*", "branch", "--show-current").strip() == \
+        f"orchestrate/{plan.run_id}/alpha"
+    mentions = [path for path in (copy / ".git").rglob("*")
+                if path.is_file() and str(repository).encode() in path.read_bytes()]
+    assert mentions == []
+    assert not (copy / ".git" / "hooks").exists()
+
+
+def test_git_copy_needs_commit(plan_for: PlanFor, source_dir: Path) -> None:
+    git(source_dir, "init", "--quiet")
+    plan = copy_plan(plan_for, source_dir, "alpha")
+
+    with pytest.raises(InputError, match="has no commit"):
+        prepare_run_copies(plan)
+
+
+def test_plain_copy_leaves_out_runs_folder(plan_for: PlanFor, source_dir: Path) -> None:
+    plan = plan_for(copy_data(source_dir, "alpha"), runs=source_dir / "runs")
+    plan.run_dir.mkdir(parents=True)
+    (source_dir / "tool.sh").write_text("#!/bin/sh\n", encoding="utf-8")
+    os.chmod(source_dir / "tool.sh", 0o755)
+    os.symlink("app.py", source_dir / "link.py")
+
+    record = prepare_run_copies(plan)
+
+    copy = copy_path(plan.run_dir, "alpha")
+    assert record is not None and record.kind == "plain"
+    assert sorted(os.listdir(copy)) == ["app.py", "link.py", "tool.sh"]
+    assert os.readlink(copy / "link.py") == "app.py"
+    assert os.stat(copy / "tool.sh").st_mode & 0o100
+    assert set(load_baseline(plan.run_dir)) == {"app.py", "link.py", "tool.sh"}
+
+
+# -- reading a copy ------------------------------------------------------------------------------------------
+
+
+def test_walk_skips_git_and_follows_no_link(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    for name in (".git", ".GIT", "sub/.Git"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "config").write_text("[core]\n", encoding="utf-8")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret", encoding="utf-8")
+    os.symlink(outside, tmp_path / "escape")
+    os.mkfifo(tmp_path / "pipe")
+
+    items = {item.path: item for item in walk(tmp_path)}
+
+    assert set(items) == {"file", "escape", "pipe"}
+    assert items["escape"].kind == "link"
+    assert items["escape"].data == os.fsencode(outside)
+    assert items["pipe"].kind == "other"
+    assert items["file"].data == b"x"
+
+
+def test_blob_id_matches_git(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"hello\x00world\n")
+    expected = subprocess.run(["git", "hash-object", str(tmp_path / "f")], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert blob_id(b"hello\x00world\n") == expected
+
+
+def test_quote_path_escapes() -> None:
+    assert quote_path('a"b\\c\nd') == b'"a\\"b\\\\c\\012d"'
+
+
+# -- change tracking -----------------------------------------------------------------------------------------
+
+
+def state_with(tmp_path: Path, name: str, files: dict[str, str]) -> CopyState:
+    root = tmp_path / name
+    root.mkdir()
+    for path, text in files.items():
+        (root / path).write_text(text, encoding="utf-8")
+    return CopyState(name, root)
+
+
+def test_equal_rewrite_is_no_change(tmp_path: Path) -> None:
+    state = state_with(tmp_path, "alpha", {"a.txt": "a\n", "b.txt": "b\n"})
+    baseline = {"a.txt": blob_id(b"a\n"), "b.txt": blob_id(b"b\n")}
+    assert state.rescan(baseline) == set()
+
+    (state.root / "a.txt").write_text("a\n", encoding="utf-8")
+    (state.root / "b.txt").write_text("changed\n", encoding="utf-8")
+    assert state.rescan(baseline) == {"b.txt"}
+
+    (state.root / "b.txt").write_text("b\n", encoding="utf-8")
+    (state.root / "a.txt").unlink()
+    (state.root / ".git").mkdir()
+    (state.root / ".git" / "index").write_text("x", encoding="utf-8")
+    assert state.rescan(baseline) == {"a.txt"}
+
+
+def test_second_change_reports_conflict(plan_for: PlanFor, repository: Path) -> None:
+    plan = copy_plan(plan_for, repository, "alpha", "beta")
+    prepare_run_copies(plan)
+    reported: list[Violation] = []
+    watch = CopyWatch(plan, report=reported.append)
+    alpha, beta = (copy_path(plan.run_dir, name) for name in ("alpha", "beta"))
+
+    async def main() -> None:
+        await watch.load()
+        (alpha / "a.txt").write_text("alpha\n", encoding="utf-8")
+        (beta / "b.txt").write_text("beta\n", encoding="utf-8")
+        await watch.scan_all()
+        assert reported == []
+        (beta / "a.txt").write_text("beta\n", encoding="utf-8")
+        await watch.scan_all()
+        await watch.scan_all()
+
+    anyio.run(main)
+
+    assert len(reported) == 1
+    assert reported[0].kind == "write-conflict"
+    assert reported[0].agent == "beta"
+    assert reported[0].subject == f"{SOURCE_TARGET}/a.txt"
+    assert reported[0].evidence["other_agent"] == "alpha"
+    assert watch.changes() == {"alpha": {"a.txt"}, "beta": {"a.txt", "b.txt"}}
+
+
+# -- diff and merge ------------------------------------------------------------------------------------------
+
+
+def finished_run(plan_for: PlanFor, repository: Path, edits: dict[str, dict[str, str]]) -> RunPlan:
+    """Make copies, apply each agent's edits as its container would, and record them as after a run."""
+    plan = copy_plan(plan_for, repository, *edits)
+    prepare_run_copies(plan)
+    for name, files in edits.items():
+        for path, text in files.items():
+            (copy_path(plan.run_dir, name) / path).write_text(text, encoding="utf-8")
+    snapshot_run(plan)
+    return plan
+
+
+def test_merge_applies_clean_and_skips_conflict(plan_for: PlanFor, repository: Path) -> None:
+    (repository / "b.txt").write_text("user's uncommitted edit\n", encoding="utf-8")
+    plan = finished_run(plan_for, repository, {
+        "alpha": {"a.txt": "alpha\n"},
+        "beta": {"a.txt": "beta\n", "b.txt": "beta\n"},
+        "gamma": {"c.txt": "gamma\n"},
+    })
+    head = git(repository, "rev-parse", "HEAD")
+
+    report = merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+
+    outcomes = {item.agent: item.outcome for item in report.items}
+    assert outcomes == {"alpha": "applied", "beta": "conflict", "gamma": "applied"}
+    assert report.items[1].files == ["a.txt"]
+    assert report.exit_code == 1
+    assert git(repository, "show", "result:a.txt") == "alpha\n"
+    assert git(repository, "show", "result:b.txt") == "b\n"
+    assert git(repository, "show", "result:c.txt") == "gamma\n"
+    assert git(repository, "log", "--format=%an", "result").split("\n")[:2] == [
+        "orchestrate agent gamma", "orchestrate agent alpha"]
+    assert git(repository, "rev-parse", "HEAD") == head
+    assert (repository / "b.txt").read_text(encoding="utf-8") == "user's uncommitted edit\n"
+
+
+def test_merge_twice_applies_nothing_new(plan_for: PlanFor, repository: Path) -> None:
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+    merge_run(plan.run_dir.parent, plan.run_id)
+
+    again = merge_run(plan.run_dir.parent, plan.run_id)
+
+    assert [item.outcome for item in again.items] == ["unchanged"]
+    assert again.exit_code == 0
+
+
+def test_merge_rejects_checked_out_branch(plan_for: PlanFor, repository: Path) -> None:
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+
+    with pytest.raises(InputError, match="checked out"):
+        merge_run(plan.run_dir.parent, plan.run_id, branch="main")
+
+
+def test_merge_branches_leaves_one_per_agent(plan_for: PlanFor, repository: Path) -> None:
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}, "beta": {"a.txt": "beta\n"}})
+
+    report = merge_run(plan.run_dir.parent, plan.run_id, branches=True)
+
+    assert report.exit_code == 0
+    for name, text in (("alpha", "alpha\n"), ("beta", "beta\n")):
+        assert git(repository, "show", f"orchestrate/{plan.run_id}/{name}:a.txt") == text
+
+
+def test_plain_source_merge_rejected_diff_works(plan_for: PlanFor, source_dir: Path) -> None:
+    plan = finished_run(plan_for, source_dir, {"alpha": {"app.py": "print('changed')\n"}})
+
+    diffs = diff_run(plan.run_dir.parent, plan.run_id)
+
+    assert b"+print('changed')" in diffs[0].text
+    with pytest.raises(InputError, match="not a git repository"):
+        merge_run(plan.run_dir.parent, plan.run_id)
+
+
+def test_diff_of_unknown_agent_rejected(plan_for: PlanFor, repository: Path) -> None:
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+
+    with pytest.raises(InputError, match="no agent 'omega'"):
+        diff_run(plan.run_dir.parent, plan.run_id, "omega")
+
+
+def test_cleanup_refs_keeps_merged_branch(plan_for: PlanFor, repository: Path) -> None:
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+    merge_run(plan.run_dir.parent, plan.run_id, branch="kept")
+
+    removed = remove_snapshot_refs(plan.run_dir, plan.run_id)
+
+    assert removed == [f"refs/orchestrate/runs/{plan.run_id}/alpha"]
+    assert git(repository, "for-each-ref", "refs/orchestrate") == ""
+    assert git(repository, "show", "kept:a.txt") == "alpha\n"
+    fsck = subprocess.run(["git", "-C", str(repository), "fsck"], capture_output=True, text=True, check=False)
+    assert fsck.returncode == 0, fsck.stderr
+
+
+def test_source_record_names_base(plan_for: PlanFor, repository: Path) -> None:
+    plan = copy_plan(plan_for, repository, "alpha")
+    prepare_run_copies(plan)
+
+    record = json.loads((plan.run_dir / "copies" / "source.json").read_text(encoding="utf-8"))
+
+    assert record["kind"] == "git"
+    assert record["base_commit"] == git(repository, "rev-parse", "HEAD").strip()
