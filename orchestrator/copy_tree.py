@@ -25,8 +25,9 @@ MAX_DEPTH = 64
 GIT_FOLDER = ".git"
 
 Kind = Literal["file", "link", "other"]
-# Decides from a path and its lstat whether the walk reads the content; the monitor skips unchanged files.
+# Decides from a path and its lstat whether the walk opens a file; the monitor skips unchanged files.
 WantData = Callable[[str, os.stat_result], bool]
+READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,48 @@ class TreeItem:
     path: str
     kind: Kind
     executable: bool
+    # The lstat of the entry, or the fstat of the opened file.
     info: os.stat_result
-    # The file's bytes or the link's target; None for other kinds and for files the caller did not want read.
-    data: bytes | None
+    # A link's target; None for files and other kinds.
+    target: bytes | None = None
+    # The opened file, for files the caller wanted: valid only until the walk moves to the next entry.
+    fd: int | None = None
 
 
 def blob_id(data: bytes) -> str:
     """Return git's SHA-1 object id of a blob with `data`, as `git hash-object` prints it."""
     return hashlib.sha1(b"blob %d\x00" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def read_chunks(item: TreeItem) -> Iterator[bytes]:
+    """Yield exactly the size the file had when opened, so a stream that announced the size stays valid.
+
+    A file that an agent shortens while it is read is padded with NUL bytes; one that grows is cut. Both show
+    as a changed stat on the next walk.
+    """
+    assert item.fd is not None
+    remaining = item.info.st_size
+    while remaining > 0:
+        chunk = os.read(item.fd, min(READ_CHUNK, remaining))
+        if not chunk:
+            yield bytes(remaining)
+            return
+        remaining -= len(chunk)
+        yield chunk
+
+
+def read_all(item: TreeItem) -> bytes:
+    return b"".join(read_chunks(item))
+
+
+def item_blob_id(item: TreeItem) -> str:
+    """Return the blob id of an opened file or a link, reading a file in chunks rather than whole."""
+    if item.target is not None:
+        return blob_id(item.target)
+    digest = hashlib.sha1(b"blob %d\x00" % item.info.st_size, usedforsecurity=False)
+    for chunk in read_chunks(item):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def stat_key(info: os.stat_result) -> tuple[int, int, int, int, int]:
@@ -63,42 +98,27 @@ def walk(
 ) -> Iterator[TreeItem]:
     """Yield every file, link and special entry below `root`, in no particular order.
 
-    Entries that vanish during the walk are left out, and so are the relative paths in `exclude` and all
-    below them. Folders that cannot be opened and folders deeper than MAX_DEPTH are named in `skipped` when
-    the caller passes a list.
+    Files are yielded opened (`fd`) unless `want_data` says otherwise. Entries that vanish during the walk
+    are left out, and so are the relative paths in `exclude` and all below them. Folders and files that
+    cannot be opened, and folders deeper than MAX_DEPTH, are named in `skipped` when the caller passes a list.
     """
+    missed = skipped if skipped is not None else []
     root_fd = os.open(root, DIRECTORY_FLAGS)
     try:
-        yield from _walk_from(root_fd, want_data, skipped, frozenset(exclude))
+        yield from _walk_from(root_fd, want_data, missed, frozenset(exclude))
     finally:
         os.close(root_fd)
 
 
 def _walk_from(
-    root_fd: int, want_data: WantData | None, skipped: list[str] | None, exclude: frozenset[str]
+    root_fd: int, want_data: WantData | None, skipped: list[str], exclude: frozenset[str]
 ) -> Iterator[TreeItem]:
     pending: list[tuple[str, int]] = [("", os.dup(root_fd))]
     try:
         while pending:
             folder, fd = pending.pop()
             try:
-                names = os.listdir(fd)
-                for name in names:
-                    if is_git_name(name):
-                        continue
-                    path = f"{folder}/{name}" if folder else name
-                    if path in exclude:
-                        continue
-                    child = _open_child(fd, name, path, skipped)
-                    if child is not None:
-                        pending.append((path, child))
-                        continue
-                    item = _item(fd, name, path, want_data)
-                    if item is not None:
-                        yield item
-            except OSError:
-                if skipped is not None:
-                    skipped.append(folder or ".")
+                yield from _folder(folder, fd, pending, want_data, skipped, exclude)
             finally:
                 os.close(fd)
     finally:
@@ -106,67 +126,70 @@ def _walk_from(
             os.close(fd)
 
 
-def _open_child(fd: int, name: str, path: str, skipped: list[str] | None) -> int | None:
-    """Open `name` as a folder without following a link; return None for anything else or a skipped folder."""
+def _folder(
+    folder: str,
+    fd: int,
+    pending: list[tuple[str, int]],
+    want_data: WantData | None,
+    skipped: list[str],
+    exclude: frozenset[str],
+) -> Iterator[TreeItem]:
     try:
-        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        names = os.listdir(fd)
     except OSError:
-        return None
-    if not stat.S_ISDIR(info.st_mode):
-        return None
+        skipped.append(folder or ".")
+        return
+    for name in names:
+        path = f"{folder}/{name}" if folder else name
+        if is_git_name(name) or path in exclude:
+            continue
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            continue  # Gone between the listing and the stat.
+        mode = info.st_mode
+        if stat.S_ISDIR(mode):
+            child = _open_folder(fd, name, path, skipped)
+            if child is not None:
+                pending.append((path, child))
+        elif stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(name, dir_fd=fd)
+            except OSError:
+                continue
+            yield TreeItem(path, "link", False, info, target=os.fsencode(target))
+        elif not stat.S_ISREG(mode):
+            yield TreeItem(path, "other", False, info)
+        elif want_data is not None and not want_data(path, info):
+            yield TreeItem(path, "file", bool(mode & stat.S_IXUSR), info)
+        else:
+            yield from _opened_file(fd, name, path, skipped)
+
+
+def _open_folder(fd: int, name: str, path: str, skipped: list[str]) -> int | None:
+    """Open a folder without following a link; None, with the path in `skipped`, when it cannot be entered."""
     if path.count("/") + 1 >= MAX_DEPTH:
-        if skipped is not None:
-            skipped.append(path)
+        skipped.append(path)
         return None
     try:
         return os.open(name, DIRECTORY_FLAGS, dir_fd=fd)
     except OSError:
-        if skipped is not None:
-            skipped.append(path)
+        skipped.append(path)
         return None
 
 
-def _item(fd: int, name: str, path: str, want_data: WantData | None) -> TreeItem | None:
-    try:
-        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-    except OSError:
-        return None
-    mode = info.st_mode
-    if stat.S_ISDIR(mode):
-        return None
-    if stat.S_ISLNK(mode):
-        try:
-            target = os.readlink(name, dir_fd=fd)
-        except OSError:
-            return None
-        return TreeItem(path, "link", False, info, os.fsencode(target))
-    if not stat.S_ISREG(mode):
-        return TreeItem(path, "other", False, info, None)
-    executable = bool(mode & stat.S_IXUSR)
-    if want_data is not None and not want_data(path, info):
-        return TreeItem(path, "file", executable, info, None)
-    data = _read_file(fd, name)
-    if data is None:
-        return None
-    content, opened = data
-    return TreeItem(path, "file", bool(opened.st_mode & stat.S_IXUSR), opened, content)
-
-
-def _read_file(fd: int, name: str) -> tuple[bytes, os.stat_result] | None:
-    """Read a regular file without following a link; None when it vanished or is no longer a regular file."""
+def _opened_file(fd: int, name: str, path: str, skipped: list[str]) -> Iterator[TreeItem]:
+    """Yield a regular file opened without following a link; the descriptor closes when the caller moves on."""
     try:
         file_fd = os.open(name, FILE_FLAGS, dir_fd=fd)
+    except FileNotFoundError:
+        return
     except OSError:
-        return None
+        skipped.append(path)
+        return
     try:
         opened = os.fstat(file_fd)
-        if not stat.S_ISREG(opened.st_mode):
-            return None
-        chunks = []
-        while chunk := os.read(file_fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks), opened
-    except OSError:
-        return None
+        if stat.S_ISREG(opened.st_mode):
+            yield TreeItem(path, "file", bool(opened.st_mode & stat.S_IXUSR), opened, fd=file_fd)
     finally:
         os.close(file_fd)

@@ -20,7 +20,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
-from .copy_tree import blob_id, stat_key, walk
+from .copy_tree import item_blob_id, stat_key, walk
 from .layout import SOURCE_TARGET
 from .plan import RunPlan
 from .source_copy import load_baseline
@@ -59,10 +59,10 @@ class CopyState:
         for item in walk(self.root, want_data=unread):
             if item.kind == "other":
                 blob = SPECIAL
-            elif item.data is None:
+            elif item.kind == "file" and item.fd is None:
                 blob = known[item.path][1]
             else:
-                blob = blob_id(item.data)
+                blob = item_blob_id(item)
             current[item.path] = (stat_key(item.info), blob)
         self.known = current
         changed = {path for path, (_key, blob) in current.items() if baseline.get(path) != blob}

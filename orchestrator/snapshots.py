@@ -8,18 +8,22 @@ so `git diff` and `git merge-tree` see exactly the agent's changes.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .copy_tree import TreeItem, blob_id, walk
+from .copy_tree import TreeItem, blob_id, item_blob_id, read_chunks, walk
 from .host_git import git_stream, git_text, repository_lock
 
 FILE_MODE = b"100644"
 EXECUTABLE_MODE = b"100755"
 LINK_MODE = b"120000"
 REF_PREFIX = "refs/orchestrate/runs"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,7 +33,7 @@ class Snapshot:
     blobs: dict[str, str] = field(default_factory=dict)
     # Entries that are neither files nor links (FIFOs, sockets, devices): git cannot store them.
     special: list[str] = field(default_factory=list)
-    # Folders the walk could not read or that were nested too deep.
+    # Folders and files the walk could not read, and folders nested too deep.
     skipped: list[str] = field(default_factory=list)
 
 
@@ -65,6 +69,12 @@ def take_snapshot(
         git_stream(git_dir, ["fast-import", "--quiet", "--force", "--done"],
                    _stream(copy, result, parent=parent, ref=ref, author=author, message=message))
         result.commit = git_text(git_dir, "rev-parse", "--verify", f"{ref}^{{commit}}")
+    if result.skipped:
+        log.warning("%s: %d entries could not be read and are missing from commit %s: %s", copy,
+                    len(result.skipped), result.commit[:12], ", ".join(result.skipped[:10]))
+    if result.special:
+        log.warning("%s: %d FIFOs, sockets or devices are not recorded in commit %s: %s", copy,
+                    len(result.special), result.commit[:12], ", ".join(result.special[:10]))
     return result
 
 
@@ -87,20 +97,27 @@ def _stream(
 
 
 def _entry(item: TreeItem, result: Snapshot) -> Iterator[bytes]:
-    if item.kind == "other" or item.data is None:
+    if item.kind == "other":
         result.special.append(item.path)
         return
-    if item.kind == "link":
-        mode = LINK_MODE
+    if item.target is not None:
+        mode, size = LINK_MODE, len(item.target)
+        result.blobs[item.path] = blob_id(item.target)
     else:
-        mode = EXECUTABLE_MODE if item.executable else FILE_MODE
-    result.blobs[item.path] = blob_id(item.data)
+        mode, size = (EXECUTABLE_MODE if item.executable else FILE_MODE), item.info.st_size
     yield b"M " + mode + b" inline " + quote_path(item.path) + b"\n"
-    yield b"data %d\n" % len(item.data)
-    yield item.data
+    yield b"data %d\n" % size
+    if item.target is not None:
+        yield item.target
+    else:
+        digest = hashlib.sha1(b"blob %d\x00" % size, usedforsecurity=False)
+        for chunk in read_chunks(item):
+            digest.update(chunk)
+            yield chunk
+        result.blobs[item.path] = digest.hexdigest()
     yield b"\n"
 
 
 def tree_blobs(copy: Path) -> dict[str, str]:
     """Return the blob id of every file and link in a copy, as a snapshot would record them."""
-    return {item.path: blob_id(item.data) for item in walk(copy) if item.data is not None}
+    return {item.path: item_blob_id(item) for item in walk(copy) if item.kind != "other"}

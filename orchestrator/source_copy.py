@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .copy_tree import walk
+from .copy_tree import read_chunks, walk
 from .errors import EnvironmentProblem, InputError
 from .host_git import GitFailed, find_git_dir, git, git_text, repository_lock
 from .snapshots import snapshot_ref, take_snapshot, tree_blobs
@@ -171,20 +171,21 @@ def _copy_files(source: Path, destination: Path, exclude: list[str]) -> None:
     destination.mkdir(mode=0o700)
     skipped: list[str] = []
     for item in walk(source, exclude=exclude, skipped=skipped):
-        if item.data is None:
+        if item.kind == "other":
             log.warning("not copied: %s in %s is neither a file nor a symlink", item.path, source)
             continue
         target = destination / item.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        if item.kind == "link":
-            os.symlink(os.fsdecode(item.data), target)
+        if item.target is not None:
+            os.symlink(os.fsdecode(item.target), target)
             continue
         descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                              0o755 if item.executable else 0o644)
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(item.data)
+            for chunk in read_chunks(item):
+                handle.write(chunk)
     for path in skipped:
-        log.warning("not copied: the folder %s in %s could not be read or is nested too deep", path, source)
+        log.warning("not copied: %s in %s could not be read or is nested too deep", path, source)
 
 
 def _write_baseline(run_dir: Path, blobs: dict[str, str]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator.copy_tree import blob_id, walk
+from orchestrator.copy_tree import blob_id, read_all, walk
 from orchestrator.copy_watch import CopyState, CopyWatch
 from orchestrator.diffing import diff_run
 from orchestrator.errors import InputError, ManifestError
@@ -176,13 +176,40 @@ def test_walk_skips_git_and_follows_no_link(tmp_path: Path) -> None:
     os.symlink(outside, tmp_path / "escape")
     os.mkfifo(tmp_path / "pipe")
 
-    items = {item.path: item for item in walk(tmp_path)}
+    items = {}
+    contents = {}
+    for item in walk(tmp_path):
+        items[item.path] = item
+        contents[item.path] = read_all(item) if item.fd is not None else item.target
 
     assert set(items) == {"file", "escape", "pipe"}
     assert items["escape"].kind == "link"
-    assert items["escape"].data == os.fsencode(outside)
+    assert contents["escape"] == os.fsencode(outside)
     assert items["pipe"].kind == "other"
-    assert items["file"].data == b"x"
+    assert contents["file"] == b"x"
+
+
+def test_walk_reports_unreadable_file(tmp_path: Path) -> None:
+    (tmp_path / "locked").write_text("x", encoding="utf-8")
+    os.chmod(tmp_path / "locked", 0)
+    skipped: list[str] = []
+
+    paths = [item.path for item in walk(tmp_path, skipped=skipped)]
+
+    if os.getuid() == 0:
+        assert paths == ["locked"]  # Root reads a mode-000 file.
+    else:
+        assert (paths, skipped) == ([], ["locked"])
+
+
+def test_short_read_keeps_announced_size(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"0123456789")
+
+    for item in walk(tmp_path):
+        os.truncate(tmp_path / "f", 4)
+        data = read_all(item)
+
+    assert data == b"0123" + bytes(6)
 
 
 def test_blob_id_matches_git(tmp_path: Path) -> None:
