@@ -1,7 +1,7 @@
 """Private writable source copies: one per agent, made before any container starts.
 
-A git source (a folder whose top level holds `.git`) is cloned per agent with `--no-local --no-hardlinks`,
-so the copy is a self-contained repository that shares no inode with the user's files, checked out from the
+A git source (a folder whose top level holds `.git`) is cloned per agent with `--no-hardlinks`, so the
+copy is a self-contained repository that shares no inode with the user's files, checked out from the
 committed HEAD on the branch `orchestrate/<run>/<agent>`, with no remote. Uncommitted changes in the user's
 checkout are not copied. The clone's checkout is the only time host git uses a copy's `.git`, and it happens
 before the agent's container exists; after that the copy belongs to the agent and only Python reads it.
@@ -25,7 +25,7 @@ from typing import Literal
 
 from .copy_tree import read_chunks, walk
 from .errors import EnvironmentProblem, InputError
-from .host_git import GitFailed, find_git_dir, git, git_text, repository_lock
+from .host_git import GitFailed, common_dir, find_git_dir, git, git_text, repository_lock
 from .snapshots import snapshot_ref, take_snapshot, tree_blobs
 
 log = logging.getLogger(__name__)
@@ -137,12 +137,16 @@ def _git_copies(request: CopyRequest, git_dir: Path) -> CopySource:
 
 
 def _clone(request: CopyRequest, git_dir: Path, base: str, destination: Path, branch: str) -> None:
-    # --template= leaves out the sample hooks; --no-local --no-hardlinks copies every object.
-    git(None, "clone", "--quiet", "--no-local", "--no-hardlinks", "--no-checkout", "--template=",
-        str(request.source), str(destination))
-    copy_git = destination / ".git"
+    # A local clone with --no-hardlinks copies the object files, about ten times faster than packing them
+    # (--no-local). A repository that borrows objects from another (alternates) is packed instead, so the
+    # copy holds every object itself rather than a path to a store the container cannot see.
+    transport = "--no-local" if (common_dir(git_dir) / "objects" / "info" / "alternates").exists() else "--local"
+    # --template= leaves out the sample hooks.
+    git(None, "clone", "--quiet", transport, "--no-hardlinks", "--no-checkout", "--template=",
+        os.path.abspath(request.source), os.path.abspath(destination))
+    copy_git = Path(os.path.abspath(destination)) / ".git"
     # The copy is still the orchestrator's own here: no container has seen it yet.
-    git(copy_git, f"--work-tree={destination}", "checkout", "--quiet", "-b", branch, base)
+    git(copy_git, f"--work-tree={os.path.abspath(destination)}", "checkout", "--quiet", "-b", branch, base)
     git(copy_git, "remote", "remove", "origin")
     # The reflog names the user's path ("clone: from ..."); the copy has no use for it.
     shutil.rmtree(copy_git / "logs", ignore_errors=True)
