@@ -27,6 +27,8 @@ GIT_FOLDER = ".git"
 Kind = Literal["file", "link", "other"]
 # Decides from a path and its lstat whether the walk opens a file; the monitor skips unchanged files.
 WantData = Callable[[str, os.stat_result], bool]
+# Called with each folder's relative path and open descriptor, so the monitor can watch it.
+OnFolder = Callable[[str, int], None]
 READ_CHUNK = 1 << 20
 
 
@@ -95,6 +97,7 @@ def walk(
     want_data: WantData | None = None,
     skipped: list[str] | None = None,
     exclude: Collection[str] = (),
+    on_folder: OnFolder | None = None,
 ) -> Iterator[TreeItem]:
     """Yield every file, link and special entry below `root`, in no particular order.
 
@@ -105,19 +108,25 @@ def walk(
     missed = skipped if skipped is not None else []
     root_fd = os.open(root, DIRECTORY_FLAGS)
     try:
-        yield from _walk_from(root_fd, want_data, missed, frozenset(exclude))
+        yield from _walk_from(root_fd, want_data, missed, frozenset(exclude), on_folder)
     finally:
         os.close(root_fd)
 
 
 def _walk_from(
-    root_fd: int, want_data: WantData | None, skipped: list[str], exclude: frozenset[str]
+    root_fd: int,
+    want_data: WantData | None,
+    skipped: list[str],
+    exclude: frozenset[str],
+    on_folder: OnFolder | None,
 ) -> Iterator[TreeItem]:
     pending: list[tuple[str, int]] = [("", os.dup(root_fd))]
     try:
         while pending:
             folder, fd = pending.pop()
             try:
+                if on_folder is not None:
+                    on_folder(folder, fd)
                 yield from _folder(folder, fd, pending, want_data, skipped, exclude)
             finally:
                 os.close(fd)

@@ -6,14 +6,18 @@ reverting it, is no change. As soon as two agents have changed the same path, th
 `write-conflict`, whose policy decides what happens, so the overlap shows while the agents still run rather
 than at merge time. Paths inside `.git` folders never count: the walk skips them.
 
-Each copy is walked every COPY_SCAN_INTERVAL seconds in a worker thread. Only files whose inode, size,
-times or mode changed since the last walk are read again.
+Every folder of a copy (outside `.git`) carries an inotify watch, added through the descriptor the walk
+opened with O_NOFOLLOW. Any event in a copy walks that copy again after a short quiet time; only files whose
+inode, size, times or mode changed since the last walk are read. A walk of every copy also runs every
+COPY_SCAN_INTERVAL seconds, which catches what inotify missed: a queue overflow, the watch limit, a moved
+folder.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .copy_tree import item_blob_id, stat_key, walk
+from .inotify import IN_IGNORED, IN_Q_OVERFLOW, Inotify, WatchLimitReached
 from .layout import SOURCE_TARGET
 from .plan import RunPlan
 from .source_copy import load_baseline
@@ -28,14 +33,15 @@ from .violations import WRITE_CONFLICT, Violation
 
 log = logging.getLogger(__name__)
 
-# NOTE: polling bounds the detection time at about this interval plus one walk; a copy of hundreds of
-# thousands of files takes longer to walk, and inotify on the copies would be faster.
 COPY_SCAN_INTERVAL = 1.0
+# Quiet time after an event before the copy is walked, so a burst of writes costs one walk.
+EVENT_DEBOUNCE = 0.02
 # Stands for a FIFO, socket or device in a copy: never equal to a starting blob id.
 SPECIAL = "special"
 
 Report = Callable[[Violation], None]
 StatKey = tuple[int, int, int, int, int]
+OnFolder = Callable[[str, int], None]
 
 
 class CopyState:
@@ -47,7 +53,7 @@ class CopyState:
         self.known: dict[str, tuple[StatKey, str]] = {}
         self.changed: set[str] = set()
 
-    def rescan(self, baseline: dict[str, str]) -> set[str]:
+    def rescan(self, baseline: dict[str, str], on_folder: OnFolder | None = None) -> set[str]:
         """Walk the copy, update what is known, and return the paths that now differ from the baseline."""
         known = self.known
 
@@ -56,7 +62,7 @@ class CopyState:
             return previous is None or previous[0] != stat_key(info)
 
         current: dict[str, tuple[StatKey, str]] = {}
-        for item in walk(self.root, want_data=unread):
+        for item in walk(self.root, want_data=unread, on_folder=on_folder):
             if item.kind == "other":
                 blob = SPECIAL
             elif item.kind == "file" and item.fd is None:
@@ -77,49 +83,135 @@ class CopyWatch:
         self.plan = plan
         self._report = report
         self.interval = interval
-        self.states = [CopyState(agent.name, agent.source_copy) for agent in plan.agents
-                       if agent.source_copy is not None]
+        self.states = {agent.name: CopyState(agent.name, agent.source_copy) for agent in plan.agents
+                       if agent.source_copy is not None}
         self._baseline: dict[str, str] = {}
         self._reported: set[str] = set()
         self._stopped: set[str] = set()
+        self._closing: set[str] = set()
+        self._inotify: Inotify | None = None
+        # Watch descriptor to agent; written by walks in worker threads, so changes hold the lock.
+        self._watches: dict[int, str] = {}
+        self._watch_lock = threading.Lock()
+        self._watch_limit_reached = False
+        self._dirty: set[str] = set()
+        self._wakeup = anyio.Event()
+        self._scan_lock = anyio.Lock()
 
     def stopping(self, agent: str) -> None:
-        """Stop judging an agent's copy: it no longer runs, though its changes still count for the others."""
-        self._stopped.add(agent)
+        """Walk an agent's copy once more, then no longer: it stops, though its changes still count for others."""
+        if agent not in self.states:
+            return
+        self._closing.add(agent)
+        self._dirty.add(agent)
+        self._wakeup.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         if not self.states:
             task_status.started()
             return
-        await self.load()
-        await self.scan_all()
-        task_status.started()
-        while True:
-            await anyio.sleep(self.interval)
+        try:
+            self._inotify = Inotify()
+        except OSError as exc:
+            log.warning("inotify is not available for the source copies (%s); they are walked every %g s",
+                        exc.strerror, self.interval)
+        try:
+            await self.load()
             await self.scan_all()
+            async with anyio.create_task_group() as group:
+                task_status.started()
+                if self._inotify is not None:
+                    group.start_soon(self._read_events)
+                    group.start_soon(self._scan_dirty)
+                while True:
+                    await anyio.sleep(self.interval)
+                    await self.scan_all()
+        finally:
+            if self._inotify is not None:
+                self._inotify.close()
 
     async def load(self) -> None:
         """Read the blob ids recorded when the copies were made."""
         self._baseline = await anyio.to_thread.run_sync(load_baseline, self.plan.run_dir)
 
     async def scan_all(self) -> None:
-        for state in self.states:
-            if state.agent in self._stopped:
-                continue
+        for agent in list(self.states):
+            await self.scan(agent)
+
+    async def scan(self, agent: str) -> None:
+        """Walk one agent's copy now and report any path another agent has changed too."""
+        state = self.states[agent]
+        if agent in self._stopped:
+            return
+        if agent in self._closing:
+            self._stopped.add(agent)
+        async with self._scan_lock:
             try:
-                changed = await anyio.to_thread.run_sync(state.rescan, self._baseline)
+                changed = await anyio.to_thread.run_sync(state.rescan, self._baseline, self._watcher(agent))
             except OSError as exc:
-                log.warning("agent %s: its source copy %s could not be read: %s", state.agent, state.root, exc)
-                continue
-            state.changed = changed
-            self._judge(state)
+                log.warning("agent %s: its source copy %s could not be read: %s", agent, state.root, exc)
+                return
+        state.changed = changed
+        self._judge(state)
 
     def changes(self) -> dict[str, set[str]]:
         """Return the paths each agent has changed in its copy, as of the last walk."""
-        return {state.agent: set(state.changed) for state in self.states}
+        return {state.agent: set(state.changed) for state in self.states.values()}
+
+    # -- inotify -------------------------------------------------------------------------------------------
+
+    def _watcher(self, agent: str) -> OnFolder | None:
+        inotify = self._inotify
+        if inotify is None or self._watch_limit_reached:
+            return None
+
+        def watch(_folder: str, fd: int) -> None:
+            if self._watch_limit_reached:
+                return
+            try:
+                wd = inotify.add_watch(f"/proc/self/fd/{fd}".encode())
+            except WatchLimitReached:
+                self._watch_limit_reached = True
+                log.warning("the inotify watch limit is reached; source copies are walked every %g s instead",
+                            self.interval)
+                return
+            except OSError:
+                return  # The folder went away; the next walk sees that.
+            with self._watch_lock:
+                self._watches[wd] = agent
+
+        return watch
+
+    async def _read_events(self) -> None:
+        assert self._inotify is not None
+        fd = self._inotify.fileno()
+        while True:
+            await anyio.wait_readable(fd)
+            for event in self._inotify.read():
+                if event.mask & IN_Q_OVERFLOW:
+                    self._dirty.update(self.states)
+                    continue
+                with self._watch_lock:
+                    agent = self._watches.pop(event.wd, None) if event.mask & IN_IGNORED \
+                        else self._watches.get(event.wd)
+                if agent is not None and event.name.lower() != b".git":
+                    self._dirty.add(agent)
+            if self._dirty:
+                self._wakeup.set()
+
+    async def _scan_dirty(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            await anyio.sleep(EVENT_DEBOUNCE)
+            dirty, self._dirty = self._dirty, set()
+            for agent in sorted(dirty):
+                await self.scan(agent)
+
+    # -- judgement -----------------------------------------------------------------------------------------
 
     def _judge(self, state: CopyState) -> None:
-        for other in self.states:
+        for other in self.states.values():
             if other is state:
                 continue
             for path in sorted(state.changed & other.changed):

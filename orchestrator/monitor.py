@@ -91,6 +91,7 @@ class Monitor:
     def stopping(self, agent: str) -> None:
         """Mark an agent that the orchestrator itself is about to stop, so its kill and exit are no tampering."""
         self._stopping.add(agent)
+        self.copies.stopping(agent)
 
     def stopping_all(self) -> None:
         self._stopping.update(self._agents)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +52,14 @@ def copy_data(source: Path, *names: str, mode: str = "copy") -> dict[str, object
     data = manifest_data(source, agents=[agent(name) for name in names])
     data["source"] = {"path": str(source), "mode": mode}
     return data
+
+
+def inodes(folder: Path) -> set[tuple[int, int]]:
+    found = set()
+    for path in folder.rglob("*"):
+        info = path.lstat()
+        found.add((info.st_dev, info.st_ino))
+    return found
 
 
 def copy_plan(plan_for: PlanFor, source: Path, *names: str) -> RunPlan:
@@ -127,6 +136,7 @@ def test_git_copy_is_self_contained(plan_for: PlanFor, repository: Path) -> None
     assert (copy / "a.txt").read_text(encoding="utf-8") == "a\n"
     mine, theirs = os.stat(repository / "b.txt"), os.stat(copy / "b.txt")
     assert (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino)
+    assert inodes(copy / ".git") & inodes(repository / ".git") == set()
     assert (copy / ".git").is_dir()
     assert git(copy, "-c", "safe.directory=*", "remote") == ""
     assert git(copy, "-c", "safe.directory=*", "branch", "--show-current").strip() == \
@@ -381,3 +391,34 @@ def test_source_record_names_base(plan_for: PlanFor, repository: Path) -> None:
 
     assert record["kind"] == "git"
     assert record["base_commit"] == git(repository, "rev-parse", "HEAD").strip()
+
+
+def test_conflict_found_by_inotify_between_walks(plan_for: PlanFor, repository: Path) -> None:
+    plan = copy_plan(plan_for, repository, "alpha", "beta")
+    prepare_run_copies(plan)
+    reported: list[Violation] = []
+    arrived = anyio.Event()
+
+    def report(violation: Violation) -> None:
+        reported.append(violation)
+        arrived.set()
+
+    # The periodic walk is an hour away, so only an inotify event can lead to the report.
+    watch = CopyWatch(plan, report=report, interval=3600)
+
+    async def main() -> float:
+        async with anyio.create_task_group() as group:
+            await group.start(watch.run)
+            (copy_path(plan.run_dir, "alpha") / "a.txt").write_text("alpha\n", encoding="utf-8")
+            await anyio.sleep(0.2)
+            written = time.monotonic()
+            (copy_path(plan.run_dir, "beta") / "a.txt").write_text("beta\n", encoding="utf-8")
+            with anyio.fail_after(5):
+                await arrived.wait()
+            group.cancel_scope.cancel()
+        return time.monotonic() - written
+
+    seconds = anyio.run(main)
+
+    assert [item.subject for item in reported] == [f"{SOURCE_TARGET}/a.txt"]
+    assert seconds < 1.0
