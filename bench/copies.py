@@ -4,8 +4,8 @@ The source is a git repository made in a scratch folder from the files of `--fro
 package by default). Making N copies is compared with N plain `git clone --no-hardlinks` of the same
 repository in the same run. Conflict detection writes one file in a first copy, then the same file in a
 second copy, the way two agents' containers would through their bind mounts, and times until the copy
-watch reports the `write-conflict`. No container runs: host inotify sees a container's writes to a bind
-mount the same way. Prints one JSON object.
+watch reports the `write-conflict`. No container runs, because host inotify reports a container's writes
+to a bind mount the same way. Prints one JSON object.
 """
 
 from __future__ import annotations

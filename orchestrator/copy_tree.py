@@ -1,8 +1,9 @@
 """Read an agent's source copy as a plain tree of files, never following a link out of it.
 
 The copy belongs to the agent, which may swap any folder for a symlink at any moment. So every folder is
-opened one component at a time from the copy's own descriptor with O_NOFOLLOW, every file with O_NOFOLLOW
-and O_NONBLOCK (a FIFO cannot block the reader), and a symlink is recorded as a link with its target text.
+opened one component at a time from the copy's own descriptor with O_NOFOLLOW. Every file is opened with
+O_NOFOLLOW and O_NONBLOCK, so a FIFO cannot block the reader. A symlink is recorded as a link with its
+target text.
 Any path component named `.git` (in any letter case) is skipped: it is the copy's repository metadata, which
 git never stores in a tree, and a `.git` entry in a tree would be a hook waiting for the next checkout.
 """
@@ -101,7 +102,7 @@ def walk(
 ) -> Iterator[TreeItem]:
     """Yield every file, link and special entry below `root`, in no particular order.
 
-    Files are yielded opened (`fd`) unless `want_data` says otherwise. Entries that vanish during the walk
+    Files are yielded opened (`fd`) unless `want_data` returns False for them. Entries that vanish during the walk
     are left out, and so are the relative paths in `exclude` and all below them. Folders and files that
     cannot be opened, and folders deeper than MAX_DEPTH, are named in `skipped` when the caller passes a list.
     """

@@ -7,8 +7,8 @@ reverting it, is no change. As soon as two agents have changed the same path, th
 than at merge time. Paths inside `.git` folders never count: the walk skips them.
 
 Every folder of a copy (outside `.git`) carries an inotify watch, added through the descriptor the walk
-opened with O_NOFOLLOW. Any event in a copy walks that copy again after a short quiet time; only files whose
-inode, size, times or mode changed since the last walk are read. A walk of every copy also runs every
+opened with O_NOFOLLOW. Any event in a copy walks that copy again after a short quiet time. A walk reads
+only the files whose inode, size, times or mode changed since the last walk. A walk of every copy also runs every
 COPY_SCAN_INTERVAL seconds, which catches what inotify missed: a queue overflow, the watch limit, a moved
 folder.
 """
@@ -45,7 +45,7 @@ OnFolder = Callable[[str, int], None]
 
 
 class CopyState:
-    """What the watch knows of one agent's copy: every entry's stat key and blob id, and the changed paths."""
+    """The state of one agent's copy as of its last walk: each entry's stat key and blob id, and the changed paths."""
 
     def __init__(self, agent: str, root: Path) -> None:
         self.agent = agent
@@ -77,7 +77,7 @@ class CopyState:
 
 
 class CopyWatch:
-    """Reports a write-conflict as soon as two agents' copies differ from the start at the same path."""
+    """The watch over every agent's copy, which reports a write-conflict when two copies change one path."""
 
     def __init__(self, plan: RunPlan, *, report: Report, interval: float = COPY_SCAN_INTERVAL) -> None:
         self.plan = plan
@@ -176,7 +176,7 @@ class CopyWatch:
                             self.interval)
                 return
             except OSError:
-                return  # The folder went away; the next walk sees that.
+                return  # The folder went away; the next walk finds that.
             with self._watch_lock:
                 self._watches[wd] = agent
 

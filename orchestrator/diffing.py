@@ -1,6 +1,6 @@
 """`orchestrate diff`: each agent's changes to its source copy, against the commit the copies started from.
 
-The diff compares two commits in the repository that holds them (the user's, or the run's private one for a
+The diff compares two commits in the repository that contains them (the user's, or the run's private one for a
 plain folder), so no working tree and no agent-written configuration takes part. External diff drivers and
 text conversion are switched off, since both would run commands named in configuration.
 """

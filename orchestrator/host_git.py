@@ -27,7 +27,7 @@ from .errors import EnvironmentProblem
 GIT_TIMEOUT = 300.0
 LOCK_TIMEOUT = 120.0
 LOCK_NAME = "orchestrate.lock"
-# Options that override whatever the repository's own configuration says. safe.directory lets root work on
+# Options that override whatever the repository's own configuration sets. safe.directory lets root work on
 # the user's repository; host git never opens a repository an agent could have written.
 SAFE_OPTIONS = (
     "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false",
@@ -106,8 +106,8 @@ def _shown(args: Sequence[str]) -> str:
 def find_git_dir(source: Path) -> Path | None:
     """Return the git folder of a repository whose top level is `source`, or None for any other folder.
 
-    Only `source/.git` counts: a folder inside a repository is copied as plain files. The answer comes from
-    `rev-parse` run against that `.git` (a folder, or the file of a linked worktree), which the user owns.
+    Only `source/.git` counts: a folder inside a repository is copied as plain files. `rev-parse` reads that
+    `.git` (a folder, or the file of a linked worktree), which belongs to the user, not to an agent.
     """
     dot_git = source / ".git"
     if not (dot_git.is_dir() or dot_git.is_file()) or dot_git.is_symlink():
@@ -119,7 +119,7 @@ def find_git_dir(source: Path) -> Path | None:
 
 
 def common_dir(git_dir: Path) -> Path:
-    """Return the folder that holds the repository's objects and refs, shared by all its worktrees."""
+    """Return the folder that contains the repository's objects and refs, shared by all its worktrees."""
     text = git_text(git_dir, "rev-parse", "--git-common-dir")
     path = Path(text)
     return path if path.is_absolute() else (git_dir / path).resolve()

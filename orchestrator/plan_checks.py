@@ -213,8 +213,8 @@ def isolation_problems(
 def shared_writable_mounts(agents: list[AgentPlan]) -> list[str]:
     """Describe every pair of writable bind mounts, of any agents, that share or nest a host path.
 
-    The manifest checks keep workspaces apart; this check covers every writable mount the plan made,
-    source copies included, so a later mount kind cannot break the rule unnoticed.
+    The manifest checks keep workspaces apart. This check covers every writable mount the plan made, source
+    copies included, so that a later kind of mount cannot break the rule unnoticed.
     """
     writable = [
         (agent.name, Path(mount.source), mount.target)

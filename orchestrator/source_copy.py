@@ -1,6 +1,6 @@
 """Private writable source copies: one per agent, made before any container starts.
 
-A git source (a folder whose top level holds `.git`) is cloned per agent with `--no-hardlinks`, so the
+A git source (a folder whose top level contains `.git`) is cloned per agent with `--no-hardlinks`, so the
 copy is a self-contained repository that shares no inode with the user's files, checked out from the
 committed HEAD on the branch `orchestrate/<run>/<agent>`, with no remote. Uncommitted changes in the user's
 checkout are not copied. The clone's checkout is the only time host git uses a copy's `.git`, and it happens
@@ -40,7 +40,7 @@ CopyKind = Literal["git", "plain"]
 
 @dataclass(frozen=True)
 class CopySource:
-    """Where the copies of a run started: the repository that holds the starting commit, and that commit."""
+    """The starting point of a run's copies: the repository that contains the starting commit, and that commit."""
 
     kind: CopyKind
     # The user's git folder for a git source; the run's private bare repository otherwise.
@@ -87,7 +87,7 @@ def load_baseline(run_dir: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class CopyRequest:
-    """What making the copies of one run needs, taken from its plan."""
+    """The inputs for making the copies of one run, taken from its plan."""
 
     run_id: str
     run_dir: Path
@@ -139,7 +139,7 @@ def _git_copies(request: CopyRequest, git_dir: Path) -> CopySource:
 def _clone(request: CopyRequest, git_dir: Path, base: str, destination: Path, branch: str) -> None:
     # A local clone with --no-hardlinks copies the object files, about ten times faster than packing them
     # (--no-local). A repository that borrows objects from another (alternates) is packed instead, so the
-    # copy holds every object itself rather than a path to a store the container cannot see.
+    # copy contains every object itself rather than a path to a store the container cannot see.
     transport = "--no-local" if (common_dir(git_dir) / "objects" / "info" / "alternates").exists() else "--local"
     # --template= leaves out the sample hooks.
     git(None, "clone", "--quiet", transport, "--no-hardlinks", "--no-checkout", "--template=",

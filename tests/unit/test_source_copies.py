@@ -112,7 +112,8 @@ def test_shared_writable_mount_found(plan_for: PlanFor, source_dir: Path) -> Non
     found = shared_writable_mounts([alpha, nested])
 
     assert len(found) == 1
-    assert "alpha" in found[0] and "beta" in found[0]
+    assert "agent alpha" in found[0]
+    assert "agent beta" in found[0]
 
 
 def test_unknown_source_mode_rejected(plan_for: PlanFor, source_dir: Path) -> None:
