@@ -4,14 +4,17 @@ The copy belongs to the agent, which may swap any folder for a symlink at any mo
 opened one component at a time from the copy's own descriptor with O_NOFOLLOW. Every file is opened with
 O_NOFOLLOW and O_NONBLOCK, so a FIFO cannot block the reader. A symlink is recorded as a link with its
 target text.
-Any path component named `.git` (in any letter case) is skipped: it is the copy's repository metadata, which
-git never stores in a tree, and a `.git` entry in a tree would be a hook waiting for the next checkout.
+Any path component that a file system could take for `.git` is skipped: it is the copy's repository
+metadata, which git never stores in a tree, and a `.git` entry in a tree would plant hooks and configuration
+at the next checkout. Symlinks named like `.gitmodules` or `.gitattributes` are skipped too, because
+`git fsck` rejects a tree with a symlinked `.gitmodules`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -88,8 +91,29 @@ def stat_key(info: os.stat_result) -> tuple[int, int, int, int, int]:
     return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode)
 
 
+# Code points that HFS+ ignores in names, as git's own path checks (utf8.c) list them.
+HFS_IGNORED = frozenset([*range(0x200C, 0x2010), *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF])
+# The 8.3 short name NTFS may give `.git` or `.gitmodules`, such as GIT~1 or GITMOD~1.
+NTFS_SHORT_NAME = re.compile(r"git[a-z]{0,3}~[0-9]")
+
+
+def _folded(name: str) -> str:
+    """Return `name` as HFS+ and NTFS compare it: ignored code points dropped, lower case, no stream or tail."""
+    text = "".join(char for char in name if ord(char) not in HFS_IGNORED).lower()
+    # NTFS ends a name at an alternate data stream (':') or a path separator, and drops trailing dots and spaces.
+    text = re.split(r"[:\\]", text, maxsplit=1)[0]
+    return text.rstrip(" .")
+
+
 def is_git_name(name: str) -> bool:
-    return name.lower() == GIT_FOLDER
+    """Return whether a checkout on some file system could write `name` as the `.git` folder."""
+    return _folded(name) == GIT_FOLDER or name.lower().rstrip(" .") == "git~1"
+
+
+def is_special_git_link(name: str) -> bool:
+    """Return whether a symlink named `name` could stand for `.gitmodules`, `.gitattributes` or the like."""
+    folded = _folded(name)
+    return folded.startswith(GIT_FOLDER) or NTFS_SHORT_NAME.fullmatch(folded) is not None
 
 
 def walk(
@@ -104,7 +128,8 @@ def walk(
 
     Files are yielded opened (`fd`) unless `want_data` returns False for them. Entries that vanish during the walk
     are left out, and so are the relative paths in `exclude` and all below them. Folders and files that
-    cannot be opened, and folders deeper than MAX_DEPTH, are named in `skipped` when the caller passes a list.
+    cannot be opened, folders deeper than MAX_DEPTH and symlinks named like git's own files are named in
+    `skipped` when the caller passes a list.
     """
     missed = skipped if skipped is not None else []
     root_fd = os.open(root, DIRECTORY_FLAGS)
@@ -163,6 +188,9 @@ def _folder(
             if child is not None:
                 pending.append((path, child))
         elif stat.S_ISLNK(mode):
+            if is_special_git_link(name):
+                skipped.append(path)
+                continue
             try:
                 target = os.readlink(name, dir_fd=fd)
             except OSError:

@@ -33,7 +33,7 @@ class Snapshot:
     blobs: dict[str, str] = field(default_factory=dict)
     # Entries that are neither files nor links (FIFOs, sockets, devices): git cannot store them.
     special: list[str] = field(default_factory=list)
-    # Folders and files the walk could not read, and folders nested too deep.
+    # Entries left out: unreadable, nested too deep, or symlinks named like `.gitmodules`.
     skipped: list[str] = field(default_factory=list)
 
 
@@ -70,8 +70,9 @@ def take_snapshot(
                    _stream(copy, result, parent=parent, ref=ref, author=author, message=message))
         result.commit = git_text(git_dir, "rev-parse", "--verify", f"{ref}^{{commit}}")
     if result.skipped:
-        log.warning("%s: %d entries could not be read and are missing from commit %s: %s", copy,
-                    len(result.skipped), result.commit[:12], ", ".join(result.skipped[:10]))
+        log.warning("%s: %d entries are left out of commit %s, because they could not be read, are nested too "
+                    "deep or are symlinks named like git's own files: %s", copy, len(result.skipped),
+                    result.commit[:12], ", ".join(result.skipped[:10]))
     if result.special:
         log.warning("%s: %d FIFOs, sockets or devices are not recorded in commit %s: %s", copy,
                     len(result.special), result.commit[:12], ", ".join(result.special[:10]))

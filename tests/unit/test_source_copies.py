@@ -423,3 +423,23 @@ def test_conflict_found_by_inotify_between_walks(plan_for: PlanFor, repository: 
 
     assert [item.subject for item in reported] == [f"{SOURCE_TARGET}/a.txt"]
     assert seconds < 1.0
+
+
+def test_snapshot_leaves_out_git_lookalikes(plan_for: PlanFor, repository: Path) -> None:
+    plan = copy_plan(plan_for, repository, "alpha")
+    prepare_run_copies(plan)
+    copy = copy_path(plan.run_dir, "alpha")
+    # Each name is .git to HFS+ or NTFS, whose checkout would then plant hooks and configuration.
+    for name in (".git\u200c", ".GIT.", ".git ", "GIT~1", ".git::$INDEX_ALLOCATION"):
+        (copy / name).mkdir()
+        (copy / name / "config").write_text("[core]\n\tfsmonitor = touch /tmp/pwned\n", encoding="utf-8")
+    os.symlink("/etc/passwd", copy / ".gitmodules")
+    os.symlink("a.txt", copy / "link.txt")
+
+    snapshot_run(plan)
+
+    tree = git(repository, "ls-tree", "-r", "--name-only", f"refs/orchestrate/runs/{plan.run_id}/alpha").split()
+    assert sorted(tree) == ["a.txt", "app.py", "b.txt", "link.txt"]
+    fsck = subprocess.run(["git", "-C", str(repository), "fsck", "--strict"], capture_output=True, text=True,
+                          check=False)
+    assert fsck.returncode == 0, fsck.stderr
