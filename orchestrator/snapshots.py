@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .copy_tree import TreeItem, blob_id, item_blob_id, read_chunks, walk
-from .host_git import git_stream, git_text, repository_lock
+from .host_git import git, git_stream, git_text, repository_lock
 
 FILE_MODE = b"100644"
 EXECUTABLE_MODE = b"100755"
 LINK_MODE = b"120000"
+GITLINK_MODE = b"160000"
 REF_PREFIX = "refs/orchestrate/runs"
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ def take_snapshot(
     """Write the copy's files as one commit on `ref` of the repository at `git_dir`; return what was recorded."""
     result = Snapshot(commit="")
     with repository_lock(git_dir):
+        gitlinks = _gitlinks(git_dir, parent) if parent is not None else {}
         git_stream(git_dir, ["fast-import", "--quiet", "--force", "--done"],
-                   _stream(copy, result, parent=parent, ref=ref, author=author, message=message))
+                   _stream(copy, result, parent=parent, ref=ref, author=author, message=message, gitlinks=gitlinks))
         result.commit = git_text(git_dir, "rev-parse", "--verify", f"{ref}^{{commit}}")
     if result.skipped:
         log.warning("%s: %d entries are left out of commit %s, because they could not be read, are nested too "
@@ -79,8 +81,27 @@ def take_snapshot(
     return result
 
 
+def _gitlinks(git_dir: Path, commit: str) -> dict[str, str]:
+    """Return the submodules of a commit: path to the commit each one records."""
+    listing = git(git_dir, "ls-tree", "-r", "-z", commit).stdout
+    links = {}
+    for record in listing.split(b"\x00"):
+        header, _, path = record.partition(b"\t")
+        fields = header.split()
+        if len(fields) == 3 and fields[0] == GITLINK_MODE:
+            links[path.decode("utf-8", "surrogateescape")] = fields[2].decode()
+    return links
+
+
 def _stream(
-    copy: Path, result: Snapshot, *, parent: str | None, ref: str, author: tuple[str, str], message: str
+    copy: Path,
+    result: Snapshot,
+    *,
+    parent: str | None,
+    ref: str,
+    author: tuple[str, str],
+    message: str,
+    gitlinks: dict[str, str],
 ) -> Iterator[bytes]:
     now = int(time.time())
     name, email = author
@@ -92,7 +113,10 @@ def _stream(
     if parent is not None:
         yield b"from " + parent.encode() + b"\n"
     yield b"deleteall\n"
-    for item in walk(copy, skipped=result.skipped):
+    # A clone leaves submodules empty, so each keeps the commit the start recorded, whatever its folder contains.
+    for path, commit in gitlinks.items():
+        yield b"M " + GITLINK_MODE + b" " + commit.encode() + b" " + quote_path(path) + b"\n"
+    for item in walk(copy, skipped=result.skipped, exclude=gitlinks):
         yield from _entry(item, result)
     yield b"\ndone\n"
 

@@ -443,3 +443,22 @@ def test_snapshot_leaves_out_git_lookalikes(plan_for: PlanFor, repository: Path)
     fsck = subprocess.run(["git", "-C", str(repository), "fsck", "--strict"], capture_output=True, text=True,
                           check=False)
     assert fsck.returncode == 0, fsck.stderr
+
+
+def test_submodule_kept_through_merge(plan_for: PlanFor, repository: Path, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    git(library, "init", "--quiet")
+    (library / "lib.txt").write_text("lib\n", encoding="utf-8")
+    git(library, "add", "--all")
+    git(library, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "--quiet", "-m", "lib")
+    git(repository, "-c", "protocol.file.allow=always", "submodule", "--quiet", "add", str(library), "lib")
+    git(repository, "commit", "--quiet", "-m", "add lib")
+    pinned = git(repository, "rev-parse", "HEAD:lib").strip()
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+
+    report = merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+
+    assert [item.outcome for item in report.items] == ["applied"]
+    assert git(repository, "rev-parse", "result:lib").strip() == pinned
+    assert git(repository, "diff", "--name-only", "main", "result").split() == ["a.txt"]
