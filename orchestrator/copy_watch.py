@@ -34,6 +34,9 @@ from .violations import WRITE_CONFLICT, Violation
 log = logging.getLogger(__name__)
 
 COPY_SCAN_INTERVAL = 1.0
+# Watches for all copies together. The kernel's budget is shared with the workspace monitor and the user's
+# editor, so an agent that makes a million folders must not spend it; past this, copies are only walked.
+MAX_COPY_WATCHES = 20_000
 # Quiet time after an event before the copy is walked, so a burst of writes costs one walk.
 EVENT_DEBOUNCE = 0.02
 # Stands for a FIFO, socket or device in a copy: never equal to a starting blob id.
@@ -169,10 +172,12 @@ class CopyWatch:
             if self._watch_limit_reached:
                 return
             try:
+                if len(self._watches) >= MAX_COPY_WATCHES:
+                    raise WatchLimitReached(0, f"more than {MAX_COPY_WATCHES} folders in the source copies")
                 wd = inotify.add_watch(f"/proc/self/fd/{fd}".encode())
-            except WatchLimitReached:
+            except WatchLimitReached as exc:
                 self._watch_limit_reached = True
-                log.warning("the inotify watch limit is reached; source copies are walked every %g s instead",
+                log.warning("%s; source copies are walked every %g s instead of watched", exc.strerror,
                             self.interval)
                 return
             except OSError:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import InputError
-from .host_git import git, git_text, repository_lock
+from .host_git import GitFailed, git, git_text, repository_lock
 from .plan import RunPlan
 from .run_copies import agent_author, agent_commit, load_run
 from .source_copy import CopySource, branch_name
@@ -134,7 +134,7 @@ def _merge_agent(
                     check=False)
     if completed.returncode not in (0, 1):
         error = completed.stderr.decode(errors="replace").strip()
-        raise InputError(f"git merge-tree failed for agent {agent}: {error}")
+        raise GitFailed(f"`git merge-tree` failed for agent {agent} in {git_dir}: {error}")
     fields = [part.decode("utf-8", "surrogateescape") for part in completed.stdout.split(b"\x00") if part]
     tree = fields[0].strip()
     if completed.returncode == 1:
