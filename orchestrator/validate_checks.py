@@ -189,7 +189,8 @@ def _filesystem_checks(inspect: dict[str, Any], spec: ContainerSpec | None, home
 def _mounts_check(inspect: dict[str, Any], spec: ContainerSpec | None) -> Check:
     if spec is not None:
         drifts = [drift for drift in posture_drift(spec, inspect) if drift.setting == "mounts"]
-        expected = "as planned: source ro, workspace rw, shared ro"
+        source_copy = any(mount.target == SOURCE_TARGET and not mount.read_only for mount in spec.mounts)
+        expected = f"as planned: {'private source copy rw' if source_copy else 'source ro'}, workspace rw, shared ro"
         actual = "; ".join(f"{drift.actual} (planned {drift.expected})" for drift in drifts)
         return _check("mounts", "inspect", expected, actual or "as planned", not drifts)
 

@@ -133,6 +133,13 @@ def test_different_files_merge_both(repo_project: Project) -> None:
     assert working_tree_digest(source) == before
     assert host_git(source, "status", "--porcelain") == status_before
 
+    cleaned = repo_project.orchestrate("cleanup", result["run_id"], "--runs-dir", str(repo_project.runs),
+                                       "--remove-files")
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert not Path(result["run_dir"]).exists()
+    assert host_git(source, "for-each-ref", "refs/orchestrate") == ""
+    assert host_git(source, "show", "agents-result:a.txt") == "alpha start\nalpha line\n"
+
 
 def test_conflicting_agent_skipped_without_markers(repo_project: Project) -> None:
     source = repo_project.source
