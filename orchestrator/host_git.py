@@ -118,6 +118,12 @@ def find_git_dir(source: Path) -> Path | None:
     return Path(completed.stdout.decode().strip())
 
 
+def head_commit(git_dir: Path) -> str | None:
+    """Return the commit HEAD points at, or None in a repository with no commit yet."""
+    completed = git(git_dir, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
+    return completed.stdout.decode().strip() if completed.returncode == 0 else None
+
+
 def common_dir(git_dir: Path) -> Path:
     """Return the folder that contains the repository's objects and refs, shared by all its worktrees."""
     text = git_text(git_dir, "rev-parse", "--git-common-dir")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from .claims import find_overlaps
 from .errors import Problem
+from .host_git import find_git_dir, head_commit
 from .hostpaths import home_directories, is_within, scan_source, sensitive_reason, writable_reason
 from .layout import STATE_FOLDER
 
@@ -107,8 +108,24 @@ def check_paths(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, ru
             reject(("source",), f"{finding.path} {finding.reason}; move it out of the source "
                    "or point source at a folder without it")
 
+    if manifest.source.mode == "copy" and not any(problem.field == "source" for problem in problems):
+        reason = copy_source_problem(source)
+        if reason is not None:
+            reject(("source",), reason)
+
     problems.extend(_claim_problems(loaded))
     return CheckedPaths(source=source, output=output, workspaces=workspaces, masks=tuple(masks), problems=problems)
+
+
+def copy_source_problem(source: Path) -> str | None:
+    """Return why a git repository cannot be the source of copies, which start from its HEAD commit."""
+    git_dir = find_git_dir(source)
+    if git_dir is None:
+        return None
+    if head_commit(git_dir) is None:
+        return (f"{source} is a git repository with no commit yet, and copies start from the committed HEAD; "
+                "commit the files the agents should start from, or use a folder without .git")
+    return None
 
 
 def _claim_problems(loaded: LoadedManifest) -> list[Problem]:

@@ -25,7 +25,7 @@ from typing import Literal
 
 from .copy_tree import read_chunks, walk
 from .errors import EnvironmentProblem, InputError
-from .host_git import GitFailed, common_dir, find_git_dir, git, git_text, repository_lock
+from .host_git import common_dir, find_git_dir, git, head_commit, repository_lock
 from .snapshots import snapshot_ref, take_snapshot, tree_blobs
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,10 @@ def prepare_copies(request: CopyRequest) -> CopySource:
 
 def _git_copies(request: CopyRequest, git_dir: Path) -> CopySource:
     with repository_lock(git_dir):
-        try:
-            base = git_text(git_dir, "rev-parse", "--verify", "HEAD^{commit}")
-        except GitFailed as exc:
+        base = head_commit(git_dir)
+        if base is None:
             raise InputError(f"the source repository {request.source} has no commit yet; commit the files the "
-                             "agents should start from, or use a folder without .git") from exc
+                             "agents should start from, or use a folder without .git")
         for name, _uid, _gid in request.agents:
             _clone(request, git_dir, base, copy_path(request.run_dir, name), branch_name(request.run_id, name))
 

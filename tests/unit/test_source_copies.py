@@ -15,14 +15,14 @@ import pytest
 from orchestrator.copy_tree import blob_id, read_all, walk
 from orchestrator.copy_watch import CopyState, CopyWatch
 from orchestrator.diffing import diff_run
-from orchestrator.errors import InputError, ManifestError
+from orchestrator.errors import InputError, ManifestError, PlanError
 from orchestrator.git_merge import merge_run
 from orchestrator.layout import SOURCE_TARGET
 from orchestrator.plan import RunPlan
 from orchestrator.plan_checks import shared_writable_mounts
 from orchestrator.run_copies import prepare_run_copies, remove_snapshot_refs, snapshot_run
 from orchestrator.snapshots import quote_path
-from orchestrator.source_copy import copy_path, load_baseline
+from orchestrator.source_copy import CopyRequest, copy_path, load_baseline, prepare_copies
 from orchestrator.violations import Violation
 
 from .conftest import agent, manifest_data
@@ -148,12 +148,15 @@ def test_git_copy_is_self_contained(plan_for: PlanFor, repository: Path) -> None
     assert not (copy / ".git" / "hooks").exists()
 
 
-def test_git_copy_needs_commit(plan_for: PlanFor, source_dir: Path) -> None:
+def test_git_copy_needs_commit(plan_for: PlanFor, source_dir: Path, tmp_path: Path) -> None:
     git(source_dir, "init", "--quiet")
-    plan = copy_plan(plan_for, source_dir, "alpha")
+    (tmp_path / "run").mkdir()
 
-    with pytest.raises(InputError, match="has no commit"):
-        prepare_run_copies(plan)
+    with pytest.raises(PlanError, match="no commit yet"):
+        plan_for(copy_data(source_dir, "alpha"))
+    with pytest.raises(InputError, match="no commit yet"):
+        prepare_copies(CopyRequest(run_id="r", run_dir=tmp_path / "run", source=source_dir,
+                                   agents=(("alpha", os.getuid(), os.getgid()),)))
 
 
 def test_plain_copy_leaves_out_runs_folder(plan_for: PlanFor, source_dir: Path) -> None:
