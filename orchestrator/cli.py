@@ -277,14 +277,16 @@ def diff(
     """
 
     def body() -> int:
-        from .diffing import diff_run
+        from .diffing import diff_run, terminal_safe
 
         diffs = diff_run(runs_dir, run_id, agent, stat=stat)
         output = sys.stdout.buffer
+        # A pipe gets the exact bytes, for `git apply`; a terminal gets agent-written control bytes escaped.
+        shown = terminal_safe if sys.stdout.isatty() else bytes
         for item in diffs:
             if len(diffs) > 1 or stat:
                 output.write(f"# agent {item.agent}: {item.base[:12]}..{item.commit[:12]}\n".encode())
-            output.write(item.text if item.text else b"(no changes)\n")
+            output.write(shown(item.text) if item.text else b"(no changes)\n")
         output.flush()
         return 0
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .host_git import git
+from .results import printable
 from .run_copies import agent_commit, load_run, pick_agents
 
 
@@ -21,6 +22,16 @@ class AgentDiff:
     commit: str
     # git's output as bytes: file names and contents need not be UTF-8.
     text: bytes
+
+
+def terminal_safe(text: bytes) -> bytes:
+    """Escape control characters and bidi overrides in a diff, keeping tabs and line ends.
+
+    The diff shows bytes an agent wrote, and escape sequences in them would otherwise drive the terminal.
+    """
+    lines = text.decode("utf-8", "surrogateescape").split("\n")
+    escaped = ["\t".join(printable(part) for part in line.split("\t")) for line in lines]
+    return "\n".join(escaped).encode("utf-8", "surrogateescape")
 
 
 def diff_run(runs_root: Path, run_id: str, agent: str | None = None, *, stat: bool = False) -> list[AgentDiff]:

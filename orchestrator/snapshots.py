@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .copy_tree import TreeItem, blob_id, item_blob_id, read_chunks, walk
 from .host_git import git, git_stream, git_text, repository_lock
+from .results import printable
 
 FILE_MODE = b"100644"
 EXECUTABLE_MODE = b"100755"
@@ -74,10 +75,10 @@ def take_snapshot(
     if result.skipped:
         log.warning("%s: %d entries are left out of commit %s, because they could not be read, are nested too "
                     "deep or are symlinks named like git's own files: %s", copy, len(result.skipped),
-                    result.commit[:12], ", ".join(result.skipped[:10]))
+                    result.commit[:12], ", ".join(printable(path) for path in result.skipped[:10]))
     if result.special:
         log.warning("%s: %d FIFOs, sockets or devices are not recorded in commit %s: %s", copy,
-                    len(result.special), result.commit[:12], ", ".join(result.special[:10]))
+                    len(result.special), result.commit[:12], ", ".join(printable(path) for path in result.special[:10]))
     return result
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.copy_tree import blob_id, read_all, walk
 from orchestrator.copy_watch import CopyState, CopyWatch
-from orchestrator.diffing import diff_run
+from orchestrator.diffing import diff_run, terminal_safe
 from orchestrator.errors import InputError, ManifestError, PlanError
 from orchestrator.git_merge import merge_run
 from orchestrator.layout import SOURCE_TARGET
@@ -465,3 +465,14 @@ def test_submodule_kept_through_merge(plan_for: PlanFor, repository: Path, tmp_p
     assert [item.outcome for item in report.items] == ["applied"]
     assert git(repository, "rev-parse", "result:lib").strip() == pinned
     assert git(repository, "diff", "--name-only", "main", "result").split() == ["a.txt"]
+
+
+def test_terminal_diff_escapes_controls() -> None:
+    shown = terminal_safe(b"+a\x1b[31mred\tx\r\n-\xc2\x9bq \xe2\x80\xaeevil\n")
+
+    assert b"\x1b" not in shown
+    assert b"\r" not in shown
+    assert b"\xc2\x9b" not in shown
+    assert b"\xe2\x80\xae" not in shown
+    assert shown.count(b"\n") == 2
+    assert b"red\tx" in shown
