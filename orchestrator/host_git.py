@@ -2,13 +2,15 @@
 
 An agent controls every byte of its copy, `.git` included: a hook, `core.fsmonitor`, a filter or an
 `alias` there would run code on the host the moment host git used that folder as its repository. So host git
-is only ever pointed at the user's own git folder (`--git-dir`), never at a copy; the copies are read by
-Python (`copy_tree`). The environment is cleared of every `GIT_*` variable, the system and global
-configuration are skipped, HOME is an empty folder, and hooks and the file-system monitor are switched off
-on the command line, which overrides the repository's configuration.
+is only ever pointed at the user's own git folder (`--git-dir`), never at a copy after its agent started;
+the copies are read by Python (`copy_tree`). The environment is cleared of every `GIT_*` variable, the
+system configuration is skipped, the global one is a file of orchestrate's own, HOME is an empty folder, and
+hooks and the file-system monitor are switched off on the command line, which overrides the repository's
+configuration.
 
-Writes to the user's repository happen under one cross-process lock per repository, so two runs (or a run
-and a `merge`) never race on its refs.
+When orchestrate runs as root, git runs as the owner of the user's repository, so the objects, refs and
+lock file it writes there stay the user's. Writes to the user's repository happen under one cross-process
+lock per repository, so two runs (or a run and a `merge`) never race on its refs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import filelock
 
@@ -44,19 +47,47 @@ class GitFailed(EnvironmentProblem):
 
 
 def _environment(home: str) -> dict[str, str]:
+    # The only global setting: root may read the user's repository. The `-c` option alone does not reach the
+    # upload-pack process that a clone starts, which then rejects the repository as of dubious ownership.
+    global_config = os.path.join(home, "gitconfig")
+    with open(global_config, "w", encoding="utf-8") as handle:
+        handle.write("[safe]\n\tdirectory = *\n")
     environment = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
     for name in ("XDG_CONFIG_HOME", "EMAIL"):
         environment.pop(name, None)
     environment.update({
         "HOME": home,
         "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_GLOBAL": global_config,
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_OPTIONAL_LOCKS": "0",
         "LC_ALL": "C",
         **IDENTITY,
     })
     return environment
+
+
+def repository_owner(git_dir: Path | None) -> tuple[int, int] | None:
+    """Return the UID and GID to run git as: the repository's owner when orchestrate runs as root, else None.
+
+    Objects and refs that root wrote into a user's repository would belong to root, and the user's own git
+    could then no longer write next to them.
+    """
+    if git_dir is None or os.geteuid() != 0:
+        return None
+    try:
+        info = os.stat(git_dir)
+    except OSError:
+        return None
+    return None if info.st_uid == 0 else (info.st_uid, info.st_gid)
+
+
+def _as_owner(owner: tuple[int, int] | None, home: str) -> dict[str, Any]:
+    """Return the subprocess arguments that run a command as `owner`, who also gets the empty HOME."""
+    if owner is None:
+        return {}
+    os.chown(home, *owner)
+    return {"user": owner[0], "group": owner[1], "extra_groups": []}
 
 
 def git(
@@ -76,13 +107,14 @@ def git(
         if git_dir is not None:
             command.append(f"--git-dir={git_dir}")
         command.extend(args)
+        owner = _as_owner(repository_owner(git_dir), home)
         environment = _environment(home)
         environment.update(extra_env or {})
         try:
             completed = subprocess.run(
                 command, input=input_data, capture_output=True, env=environment, timeout=GIT_TIMEOUT, check=False,
                 # An empty folder as the working directory, so no command finds a repository by searching upwards.
-                cwd=cwd or home,
+                cwd=cwd or home, **owner,
             )
         except FileNotFoundError as exc:
             raise GitFailed("git is not installed on this machine; install it (`apt-get install git`)") from exc
@@ -119,9 +151,15 @@ def find_git_dir(source: Path) -> Path | None:
 
 
 def head_commit(git_dir: Path) -> str | None:
-    """Return the commit HEAD points at, or None in a repository with no commit yet."""
+    """Return the commit HEAD points at, or None in a repository with no commit yet; raise GitFailed otherwise."""
     completed = git(git_dir, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
-    return completed.stdout.decode().strip() if completed.returncode == 0 else None
+    if completed.returncode == 0:
+        return completed.stdout.decode().strip()
+    error = completed.stderr.decode(errors="replace").strip()
+    if error:
+        # --quiet silences only a missing HEAD, so any message is another failure, such as a permission.
+        raise GitFailed(f"`git rev-parse HEAD` failed in {git_dir}: {error}")
+    return None
 
 
 def common_dir(git_dir: Path) -> Path:
@@ -134,9 +172,13 @@ def common_dir(git_dir: Path) -> Path:
 @contextmanager
 def repository_lock(git_dir: Path) -> Iterator[None]:
     """Hold the cross-process lock of one repository; its file lives in the repository's common git folder."""
-    lock = filelock.FileLock(str(common_dir(git_dir) / LOCK_NAME), timeout=LOCK_TIMEOUT)
+    path = common_dir(git_dir) / LOCK_NAME
+    lock = filelock.FileLock(str(path), timeout=LOCK_TIMEOUT, mode=0o664)
     try:
         with lock:
+            owner = repository_owner(git_dir)
+            if owner is not None:
+                os.chown(path, *owner)
             yield
     except filelock.Timeout as exc:
         raise GitFailed(
@@ -150,8 +192,9 @@ def git_stream(git_dir: Path, args: Sequence[str], chunks: Iterable[bytes]) -> N
     with tempfile.TemporaryDirectory(prefix="orchestrate-git-home-") as home, \
             tempfile.TemporaryFile() as errors:
         command = ["git", *SAFE_OPTIONS, f"--git-dir={git_dir}", *args]
+        owner = _as_owner(repository_owner(git_dir), home)
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
-                                   env=_environment(home), cwd=home)
+                                   env=_environment(home), cwd=home, **owner)
         assert process.stdin is not None
         try:
             for chunk in chunks:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -476,3 +478,28 @@ def test_terminal_diff_escapes_controls() -> None:
     assert b"\xe2\x80\xae" not in shown
     assert shown.count(b"\n") == 2
     assert b"red\tx" in shown
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can write a repository that another user owns")
+def test_root_writes_as_repository_owner(plan_for: PlanFor) -> None:
+    owner = (4321, 4321)
+    # The owner must reach the repository, which pytest's own folders (mode 700, owned by root) do not allow.
+    repository = Path(tempfile.mkdtemp(prefix="orchestrate-owner-"))
+    try:
+        git(repository, "init", "--quiet", "--initial-branch=main")
+        (repository / "a.txt").write_text("a\n", encoding="utf-8")
+        git(repository, "add", "--all")
+        git(repository, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "--quiet", "-m", "a")
+        for folder, folders, files in os.walk(repository):
+            for name in [folder, *(os.path.join(folder, entry) for entry in folders + files)]:
+                os.lchown(name, *owner)
+        plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+
+        merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+        remove_snapshot_refs(plan.run_dir, plan.run_id)
+
+        not_owned = [path for path in (repository / ".git").rglob("*") if path.lstat().st_uid != owner[0]]
+        assert not_owned == []
+        assert git(repository, "-c", "safe.directory=*", "show", "result:a.txt") == "alpha\n"
+    finally:
+        shutil.rmtree(repository)
