@@ -2,8 +2,8 @@
 
 An agent controls every byte of its copy, `.git` included: a hook, `core.fsmonitor`, a filter or an
 `alias` there would run code on the host the moment host git used that folder as its repository. So host git
-is only ever pointed at the user's own git folder (`--git-dir`), never at a copy after its agent started;
-the copies are read by Python (`copy_tree`). The environment is cleared of every `GIT_*` variable, the
+is only ever pointed at the user's own git folder (`--git-dir`), never at a copy after its agent started.
+Python reads the copies instead (`copy_tree`). The environment is cleared of every `GIT_*` variable, the
 system configuration is skipped, the global one is a file of orchestrate's own, HOME is an empty folder, and
 hooks and the file-system monitor are switched off on the command line, which overrides the repository's
 configuration.
@@ -119,7 +119,7 @@ def git(
         except FileNotFoundError as exc:
             raise GitFailed("git is not installed on this machine; install it (`apt-get install git`)") from exc
         except subprocess.TimeoutExpired as exc:
-            raise GitFailed(f"`{_shown(args)}` timed out after {GIT_TIMEOUT:g} s") from exc
+            raise GitFailed(f"`git {_shown(args)}` timed out after {GIT_TIMEOUT:g} s in {git_dir or cwd}") from exc
     if check and completed.returncode != 0:
         error = completed.stderr.decode(errors="replace").strip() or f"exit code {completed.returncode}"
         raise GitFailed(f"`git {_shown(args)}` failed in {git_dir or cwd}: {error}")
