@@ -197,6 +197,26 @@ def plan(
 
 
 @app.command()
+def agents(json_output: JsonOption = False) -> None:
+    """List the agent profiles a manifest can name with `profile:`: image, network, hosts and secrets."""
+    _options["json"] = json_output
+
+    def body() -> int:
+        from .profiles import list_profiles
+        from .render import agents_text
+
+        profiles = list_profiles()
+        if json_output:
+            records = [{**profile.model_dump(mode="json"), "secrets": profile.secrets} for profile in profiles]
+            typer.echo(json.dumps(records, indent=2))
+        else:
+            typer.echo(agents_text(profiles))
+        return 0
+
+    _guarded(body)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of the manifest."""
 
