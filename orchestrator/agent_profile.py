@@ -19,7 +19,7 @@ from .profiles import PROMPT_FILE_WORD, PROMPT_WORD, Profile, load_profile
 if TYPE_CHECKING:
     from .manifest import Agent, Manifest
 
-# Where the prompt file appears inside the container, read-only.
+# Path of the read-only prompt file inside the container.
 PROMPT_TARGET = "/run/orchestrate/prompt.txt"
 # Linux caps one argument at 128 KiB (MAX_ARG_STRLEN); a prompt passed as an argument stays below it.
 MAX_ARGUMENT_PROMPT = 100 * 1024

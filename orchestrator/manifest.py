@@ -257,7 +257,7 @@ class Agent(Model):
     isolation: Isolation | None = None
     # Optional when the profile gives a command template; the manifest's command replaces the profile's.
     command: Annotated[list[str] | None, BeforeValidator(_split_command)] = Field(default=None, min_length=1)
-    # The task for the agent's CLI: text, or {file: path}. The profile says how it reaches the CLI.
+    # The task for the agent's CLI: text, or {file: path}. The profile sets how it reaches the CLI.
     prompt: str | PromptFile | None = None
     workdir: str = "/workspace/output"
     env: list[EnvName] = []

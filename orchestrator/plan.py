@@ -143,7 +143,7 @@ class PublishLimitSpec(Frozen):
 
 
 class AgentNeeds(Frozen):
-    """What the agent's profile asks for beyond the container: its route out, model APIs and known limits."""
+    """Requirements of the agent's profile beyond the container: its route out, model APIs and known limits."""
 
     # The profile's network; the container's own setting is SecuritySpec.network_mode.
     network: Literal["none", "allowlist"] = "none"
@@ -296,19 +296,16 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
 
 def _missing_image(loaded: LoadedManifest, index: int, resolved: ResolvedAgent) -> Problem:
     agent = loaded.manifest.agents[index]
-    build = "`orchestrate images build`"
+    fix = "build it with `orchestrate images build` or pull it with `docker pull`"
     if agent.image:
         field_path: tuple[str | int, ...] = ("agents", index, "image")
     elif resolved.profile.image:
+        # No registry publishes the profile images; they are built here from pinned packages.
         field_path = ("agents", index, "profile")
-        build = f"`orchestrate images build --profile {resolved.profile.name}`"
+        fix = f"build it with `orchestrate images build --profile {resolved.profile.name}`"
     else:
         field_path = ("defaults", "image")
-    return loaded.problem(
-        field_path,
-        f"image {resolved.image} is not on this machine; build it with {build} or pull it with `docker pull`",
-        cause="image-missing",
-    )
+    return loaded.problem(field_path, f"image {resolved.image} is not on this machine; {fix}", cause="image-missing")
 
 
 def _resources(defaults: Resources, agent: Agent) -> Resources:

@@ -1,11 +1,11 @@
 """Build the image of an agent profile with no registry reachable from the build.
 
 A profile image starts FROM the hardened base and adds one agent CLI at a pinned
-version. RUN steps of an offline build have no network, so the packages are
-fetched on the host with their ordinary clients first: `npm pack` for the npm
-CLIs, whose platform packages contain a self-contained native program (no
-Node.js is needed to run it), and `pip download` plus `pip install --target`
-for aider, a Python program for the base image's Python 3.11. The fetched
+version. RUN steps of an offline build have no network, so the host fetches the
+packages first with their ordinary clients. `npm pack` fetches the npm CLIs,
+whose platform packages contain a self-contained native program that needs no
+Node.js. `pip download` and `pip install --target` fetch and install aider, a
+Python program, for the base image's Python 3.11. The fetched
 files go into a copy of `sandbox_images/<profile>/` under `packages/`, and the
 Dockerfile only COPYs them. Downloads are kept in the cache folder, so a
 rebuild fetches nothing.

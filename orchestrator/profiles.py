@@ -41,7 +41,7 @@ PROMPT_WORD = "{prompt}"
 PROMPT_FILE_WORD = "{prompt_file}"
 TEMPLATE_WORD = re.compile(r"\{[A-Za-z_]+\}")
 
-# The value of every placeholder variable: a CLI that insists on a key starts, and holds nothing real.
+# The value of every placeholder variable, so a CLI that insists on a key starts without a real one.
 PLACEHOLDER_KEY = "orchestrate-placeholder-key"
 
 

@@ -96,7 +96,7 @@ def _command_text(agent: AgentPlan) -> str:
 
 
 def _profile_lines(agent: AgentPlan) -> list[str]:
-    """Describe the prompt, the route out the profile asks for, its model APIs and its known limits."""
+    """Describe the prompt, the route out the profile requests, its model APIs and its known limits."""
     lines = []
     needs = agent.needs
     if agent.prompt is not None:
