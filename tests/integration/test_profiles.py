@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +13,7 @@ from .conftest import Project, agent_workspace
 
 # Quotes, a variable, a command substitution and a second line: none of it may reach a shell.
 PROMPT = "Fix 'quotes' in $HOME and `id`;\nthen write the summary"
+REPOSITORY = Path(__file__).resolve().parents[2]
 CLI_OF_PROFILE = {"claude-code": "claude", "copilot": "copilot", "codex": "codex", "aider": "aider"}
 
 INSPECT_SCRIPT = r"""
@@ -95,3 +99,39 @@ def test_prompt_file_and_config_tmpfs(project: Project, standin_image: str, isol
     assert report["config_mode"] == "0o700"
     assert report["config_bytes"] == 32 * 1024 * 1024
     assert "noexec" in report["config_options"].split(",")
+
+
+ENVIRONMENT_SCRIPT = r"""
+import glob, json, os
+seen = []
+for path in glob.glob("/proc/[0-9]*/environ"):
+    try:
+        seen.append(open(path, "rb").read().decode(errors="replace"))
+    except OSError:
+        pass
+json.dump(seen, open("environ-" + os.environ["ORCHESTRATE_AGENT"] + ".json", "w"))
+"""
+
+
+def test_host_keys_never_reach_agent(project: Project, standin_image: str) -> None:
+    keys = {
+        "ANTHROPIC_API_KEY": f"sk-ant-test-{secrets.token_hex(8)}",
+        "OPENAI_API_KEY": f"sk-test-{secrets.token_hex(8)}",
+        "GH_TOKEN": f"ghp_test{secrets.token_hex(8)}",
+    }
+    agents = [
+        {"name": name, "profile": profile, "image": standin_image, "prompt": "x",
+         "command": ["python3", "-c", ENVIRONMENT_SCRIPT, "{prompt}"]}
+        for name, profile in (("claude", "claude-code"), ("copilot", "copilot"), ("codex", "codex"))
+    ]
+    manifest = project.manifest(agents)
+    environment = {**os.environ, **keys, "PYTHONPATH": str(REPOSITORY)}
+
+    code, result = project.run_json(manifest, "--no-live", env=environment)
+
+    assert code == 0, json.dumps(result, indent=2)
+    for name in ("claude", "copilot", "codex"):
+        environs = json.loads((agent_workspace(result, name) / f"environ-{name}.json").read_text(encoding="utf-8"))
+        assert any("orchestrate-placeholder-key" in text for text in environs), f"{name} read no placeholder"
+        for key, value in keys.items():
+            assert not any(value in text for text in environs), f"{key} reached agent {name}"
