@@ -97,15 +97,23 @@ def agent_problems(manifest: Manifest, index: int) -> list[FieldProblem]:
 
     problems.extend(_prompt_problems(agent, resolved, here))
 
-    withheld = {name: "a secret of" for name in profile.secrets}
-    withheld.update({name: "withheld by" for name in profile.forbidden_env if name not in withheld})
     for field_path, names in (((*here, "env"), agent.env), (("defaults", "env"), manifest.defaults.env)):
         for name in names:
-            if name in withheld:
-                problems.append((field_path, f"{name} is {withheld[name]} profile {profile.name}: a real credential "
-                                 "never enters the sandbox, because the egress broker adds the key on the way out; "
-                                 f"remove {name} from env"))
+            reason = _withheld_reason(profile, name)
+            if reason:
+                problems.append((field_path, f"{name} is {reason}; remove {name} from env"))
     return problems
+
+
+def _withheld_reason(profile: Profile, name: str) -> str | None:
+    """Return why the profile keeps host variable `name` from its agent, or None when it does not."""
+    if name in profile.secrets:
+        return (f"a secret of profile {profile.name}, which the egress broker adds on the way out, so the real "
+                "key never enters the sandbox")
+    if name in profile.forbidden_env:
+        return (f"withheld by profile {profile.name}: a credential the CLI would use itself, or a setting that "
+                "would route it around the egress broker")
+    return None
 
 
 def _prompt_problems(agent: Agent, resolved: ResolvedAgent, here: tuple[str | int, ...]) -> list[FieldProblem]:

@@ -108,8 +108,8 @@ class Profile(ProfileModel):
     env: dict[str, str] = {}
     # Folders the CLI writes its state to, each given a size-limited tmpfs.
     config_dirs: list[str] = []
-    # Host variables a manifest may not pass to this agent: credentials the CLI would use directly,
-    # such as a GitHub token, which would put a real secret inside the sandbox.
+    # Host variables a manifest may not pass to this agent: credentials the CLI would use directly, such
+    # as a GitHub token, and settings that would route the CLI around the broker, such as a second base URL.
     forbidden_env: list[str] = []
     # What does not work yet, shown by `orchestrate agents` and in the README.
     limits: list[str] = []
@@ -129,11 +129,13 @@ class Profile(ProfileModel):
 def _check_command(profile: Profile) -> None:
     if profile.name != "custom" and (profile.image is None or not profile.command):
         raise ValueError("a profile other than custom needs both `image` and `command`")
+
     words = profile.command or []
-    unknown = sorted({match for word in words for match in TEMPLATE_WORD.findall(word)} - {PROMPT_WORD,
-                                                                                          PROMPT_FILE_WORD})
+    used = {match for word in words for match in TEMPLATE_WORD.findall(word)}
+    unknown = sorted(used - {PROMPT_WORD, PROMPT_FILE_WORD})
     if unknown:
         raise ValueError(f"command uses {', '.join(unknown)}; only {PROMPT_WORD} and {PROMPT_FILE_WORD} are replaced")
+
     if profile.prompt is None or not words:
         return
     needed = {"argument": PROMPT_WORD, "file": PROMPT_FILE_WORD}.get(profile.prompt.via)
@@ -145,16 +147,19 @@ def _check_names(profile: Profile) -> None:
     for host in profile.hosts:
         if not HOST_PORT.fullmatch(host):
             raise ValueError(f"invalid host {host!r}; write a lowercase DNS name and port, such as api.example.com:443")
+
+    home = PurePosixPath(HOME_TARGET)
     for folder in profile.config_dirs:
         path = PurePosixPath(folder)
-        if not path.is_absolute() or ".." in path.parts or not path.is_relative_to(HOME_TARGET) \
-                or path == PurePosixPath(HOME_TARGET):
+        below_home = path.is_absolute() and path.is_relative_to(home) and path != home
+        if not below_home or ".." in path.parts:
             raise ValueError(f"invalid config dir {folder!r}; use an absolute folder below {HOME_TARGET}")
-    secret_names = set(profile.secrets)
+
     for name in [*profile.env, *profile.forbidden_env]:
         if not re.fullmatch(VARIABLE_NAME, name):
             raise ValueError(f"invalid variable name {name!r}; use letters, digits and underscores")
-    leaked = sorted(secret_names & set(profile.env))
+
+    leaked = sorted(set(profile.secrets) & set(profile.env))
     if leaked:
         # The agent may hold a placeholder under the secret's name, never a value from the profile.
         raise ValueError(f"env sets {', '.join(leaked)}, the name of a secret; list it in placeholder_env instead")

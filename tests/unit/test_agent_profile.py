@@ -203,7 +203,14 @@ def test_withheld_variable_rejected(load_data: Any, source_dir: Path, name: str)
     message = load_error(load_data, source_dir, {"name": "a", "profile": "claude-code", "prompt": "x", "env": [name]})
 
     assert f"agents[0].env: {name} is" in message
-    assert "egress broker adds the key" in message
+    assert f"remove {name} from env" in message
+
+
+def test_secret_in_env_names_broker(load_data: Any, source_dir: Path) -> None:
+    message = load_error(load_data, source_dir, {"name": "a", "profile": "codex", "prompt": "x",
+                                                 "env": ["OPENAI_API_KEY"]})
+
+    assert "OPENAI_API_KEY is a secret of profile codex, which the egress broker adds" in message
 
 
 def test_github_token_in_defaults_rejected(load_data: Any, source_dir: Path) -> None:
