@@ -80,11 +80,13 @@ def _images(arch: str) -> dict[str, ProfileImage]:
             NpmProgram(f"@github/copilot-linux-{arch}", "1.0.102", "package/copilot", "copilot"),
         )),
         # The Linux builds of codex are published as versions of @openai/codex itself, tagged by platform.
-        "codex": ProfileImage("codex", "orchestrate/codex:0.171.0", (
-            NpmProgram("@openai/codex", f"0.171.0-linux-{arch}", f"package/vendor/{codex_triple}/bin/codex", "codex"),
-            NpmProgram("@openai/codex", f"0.171.0-linux-{arch}", f"package/vendor/{codex_triple}/bin/codex-code-mode-host",
-                       "codex-code-mode-host"),
-            NpmProgram("@openai/codex", f"0.171.0-linux-{arch}", f"package/vendor/{codex_triple}/codex-path/rg", "rg"),
+        "codex": ProfileImage("codex", "orchestrate/codex:0.171.0", tuple(
+            NpmProgram("@openai/codex", f"0.171.0-linux-{arch}", f"package/vendor/{codex_triple}/{member}", target)
+            for member, target in (
+                ("bin/codex", "codex"),
+                ("bin/codex-code-mode-host", "codex-code-mode-host"),
+                ("codex-path/rg", "rg"),
+            )
         )),
         "aider": ProfileImage("aider", "orchestrate/aider:0.86.2", (PypiProgram("aider-chat==0.86.2"),)),
     }
