@@ -8,6 +8,7 @@ from pathlib import Path
 import anyio
 
 from .activity import Listener, ignore
+from .agent_profile import agent_image
 from .errors import InputError
 from .liveview import LiveTable
 from .manifest import LoadedManifest
@@ -25,7 +26,7 @@ def plan_manifest(
     if runs_root.exists() and not runs_root.is_dir():
         raise InputError(f"--runs-dir {runs_root} is a file, not a folder; give a folder for the run folders")
     manifest = loaded.manifest
-    images = sorted({agent.image or manifest.defaults.image for agent in manifest.agents})
+    images = sorted({agent_image(agent, manifest.defaults.image) for agent in manifest.agents})
     facts = runtime.host_facts(images, dict(os.environ))
     plan = build_plan(
         loaded,
