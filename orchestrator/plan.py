@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import __version__
 from .errors import PlanError
+from .interactive import keeper_command, session_command
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
 from .lifeline import wrapped_command
 from .manifest import Agent, Isolation, LoadedManifest, Monitor, Resources, Shutdown
@@ -153,6 +154,8 @@ class AgentPlan(Frozen):
     # Host owner of the workspace, so the agent's UID can write it.
     host_uid: int
     host_gid: int
+    # For an interactive agent, the exec command that runs its program in a terminal; the container runs a keeper.
+    session_command: tuple[str, ...] | None = None
 
 
 class SharedPlan(Frozen):
@@ -331,7 +334,13 @@ def _agent_plan(
                   purpose="home directory for tool configuration"),
     ]
 
-    entrypoint, command = wrapped_command(facts.image_entrypoints.get(image, ()), tuple(agent.command))
+    image_entrypoint = facts.image_entrypoints.get(image, ())
+    entrypoint, command = wrapped_command(image_entrypoint, tuple(agent.command))
+    session = None
+    if agent.interactive:
+        # The exec runs what the container would have run: the image's entrypoint, then the command.
+        session = session_command(command)
+        entrypoint, command = wrapped_command((), keeper_command())
     container = ContainerSpec(
         name=f"orchestrate-{run_id}-{agent.name}",
         hostname=agent.name,
@@ -360,6 +369,7 @@ def _agent_plan(
         publish_limits=publish_limits,
         host_uid=facts.userns_offset + uid,
         host_gid=facts.userns_offset + gid,
+        session_command=session,
     )
 
 

@@ -1,0 +1,379 @@
+"""The run process's side of `exec`, `attach` and interactive agents: execs it creates, relays and audits.
+
+Every exec in an agent's container is created here, announced to the monitor
+first, so the monitor can tell it from an exec that someone else made. The
+run process never attaches to a container after its start. `attach` joins
+the terminal of an interactive agent's session, which this process already
+holds, so no engine attach happens and none needs to be excused.
+
+Each exec and attach is written to the audit log as the user's action, with
+the peer's pid and uid from SO_PEERCRED and, for an exec, the command and exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import pwd
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .control_protocol import (
+    ACCEPTED,
+    CLOSE_INPUT,
+    EXIT,
+    INPUT,
+    RESIZE,
+    STDERR,
+    STDOUT,
+    FrameBuffer,
+    ProtocolError,
+    Request,
+    decode_json,
+    encode,
+    encode_json,
+    parse_size,
+)
+from .interactive import SESSION_TERM
+from .monitor import Monitor
+from .plan import AgentPlan, RunPlan
+from .runtime import Runtime
+from .runtime.execs import STDERR_STREAM, Demultiplexer, Execs, ExecStream
+from .workers import Workers
+
+log = logging.getLogger(__name__)
+
+# Output an interactive agent writes before anyone attaches, kept for the first client (a shell's first prompt).
+UNCLAIMED_LIMIT = 256 * 1024
+# Bounds the terminal transcript of an interactive agent kept in its run folder.
+TRANSCRIPT_LIMIT = 64 * 1024 * 1024
+# Frames queued for one attached client; a client that falls this far behind is dropped, not waited for.
+CLIENT_QUEUE_FRAMES = 1024
+RELAY_THREADS = 64
+
+Audit = Callable[..., None]
+
+
+class SessionRefused(Exception):
+    """A request that the run cannot serve: unknown agent, agent not running, or not interactive."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The process at the other end of a control connection, from SO_PEERCRED."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    def to_json(self) -> dict[str, object]:
+        try:
+            user: str | None = pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            user = None
+        return {"pid": self.pid, "uid": self.uid, "gid": self.gid, "user": user}
+
+
+class ClientChannel:
+    """One control connection, read and written as frames."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+        self._buffer = FrameBuffer()
+        self._ready: list[tuple[bytes, bytes]] = []
+        self._lock = anyio.Lock()
+
+    async def receive(self) -> tuple[bytes, bytes] | None:
+        """Return the next frame, or None once the client has gone; raise ProtocolError on a bad frame."""
+        while not self._ready:
+            try:
+                data = await self._stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return None
+            self._ready.extend(self._buffer.feed(data))
+        return self._ready.pop(0)
+
+    async def send(self, frame: bytes) -> bool:
+        """Send one encoded frame; return False when the client has gone."""
+        async with self._lock:
+            try:
+                await self._stream.send(frame)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return False
+        return True
+
+
+@dataclass
+class InteractiveSession:
+    """The terminal of one interactive agent, held by the run process for as long as the agent runs."""
+
+    agent: str
+    exec_id: str
+    stream: ExecStream
+    clients: dict[int, MemoryObjectSendStream[bytes]] = field(default_factory=dict)
+    unclaimed: bytearray | None = field(default_factory=bytearray)
+    ended: anyio.Event = field(default_factory=anyio.Event)
+    exit_code: int | None = None
+
+
+class SessionHost:
+    def __init__(
+        self,
+        plan: RunPlan,
+        runtime: Runtime,
+        workers: Workers,
+        monitor: Monitor,
+        *,
+        audit: Audit,
+        containers: dict[str, str],
+        terminal_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.workers = workers
+        self.monitor = monitor
+        self._audit = audit
+        self._containers = containers
+        self._agents = {agent.name: agent for agent in plan.agents}
+        self._terminal_size = terminal_size
+        api = getattr(getattr(runtime, "client", None), "api", None)
+        self._execs = Execs(api) if api is not None else None
+        self._relay = anyio.CapacityLimiter(RELAY_THREADS)
+        self.interactive: dict[str, InteractiveSession] = {}
+        # Set when an interactive agent's terminal opens, so an attach that comes first (run --attach) waits.
+        self._opened = {agent.name: anyio.Event() for agent in plan.agents if agent.session_command is not None}
+        self._background: anyio.abc.TaskGroup | None = None
+        self._next_client = 0
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Host the relays of interactive agents until cancelled."""
+        async with anyio.create_task_group() as group:
+            self._background = group
+            task_status.started()
+            await anyio.sleep_forever()
+
+    # -- interactive agents ----------------------------------------------------------------------------------
+
+    async def open_interactive(self, agent: AgentPlan, container_id: str) -> None:
+        """Start an interactive agent's program in a terminal exec and relay it in the background."""
+        assert agent.session_command is not None
+        execs = self._require_execs()
+        exec_id = await self._create_exec(agent, container_id, list(agent.session_command), tty=True)
+        stream = await self.workers.call(lambda: execs.start(exec_id, tty=True))
+        session = InteractiveSession(agent=agent.name, exec_id=exec_id, stream=stream)
+        self.interactive[agent.name] = session
+        self._opened[agent.name].set()
+        self._audit("session-start", agent=agent.name, exec_id=exec_id, command=list(agent.session_command))
+        log.info("agent %s: its terminal runs in exec %s", agent.name, exec_id[:12])
+        if self._terminal_size is not None:
+            await self._resize(exec_id, *self._terminal_size)
+        if self._background is None:
+            raise RuntimeError("the session host is not running; start SessionHost.run first")
+        self._background.start_soon(self._pump_interactive, session, agent.log_path.with_suffix(".terminal.log"))
+
+    async def _pump_interactive(self, session: InteractiveSession, transcript_path: Path) -> None:
+        written = 0
+        with transcript_path.open("wb", buffering=0) as transcript:
+            while data := await self._receive(session.stream):
+                if written < TRANSCRIPT_LIMIT:
+                    transcript.write(data[: TRANSCRIPT_LIMIT - written])
+                    written += len(data)
+                if session.unclaimed is not None:
+                    session.unclaimed.extend(data)
+                    del session.unclaimed[:-UNCLAIMED_LIMIT]
+                for number, queue in list(session.clients.items()):
+                    try:
+                        queue.send_nowait(encode(STDOUT, data))
+                    except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        log.warning("agent %s: dropped an attached client that stopped reading", session.agent)
+                        session.clients.pop(number, None)
+                        queue.close()
+
+        session.exit_code = await self._exit_code(session.exec_id)
+        session.stream.close()
+        self._audit("session-end", agent=session.agent, exec_id=session.exec_id, exit_code=session.exit_code)
+        for queue in session.clients.values():
+            try:
+                queue.send_nowait(encode_json(EXIT, {"exit_code": session.exit_code}))
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            queue.close()
+        session.clients.clear()
+        session.ended.set()
+
+    async def attach(self, request: Request, channel: ClientChannel, peer: Peer) -> None:
+        """Join a client to an interactive agent's terminal until it detaches or the agent's program ends."""
+        opened = self._opened.get(request.agent)
+        if opened is not None:
+            await opened.wait()
+        session = self.interactive.get(request.agent)
+        if session is None or session.ended.is_set():
+            self._check_agent(request.agent)
+            raise SessionRefused(
+                f"agent {request.agent} has no terminal to attach to: it is not interactive (set `interactive: "
+                f"true` in its manifest entry), or its program has ended; use `orchestrate exec {self.plan.run_id} "
+                f"{request.agent} -- CMD` to run a command in it"
+            )
+        self._audit("user-attach", agent=request.agent, exec_id=session.exec_id, who=peer.to_json())
+        log.debug("agent %s: a terminal attached (pid %d, uid %d)", request.agent, peer.pid, peer.uid)
+        await channel.send(encode_json(ACCEPTED, {"agent": request.agent, "exec_id": session.exec_id}))
+        if request.rows is not None and request.cols is not None:
+            await self._resize(session.exec_id, request.rows, request.cols)
+
+        send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=CLIENT_QUEUE_FRAMES)
+        number = self._next_client
+        self._next_client += 1
+        if session.unclaimed:
+            send.send_nowait(encode(STDOUT, bytes(session.unclaimed)))
+        session.unclaimed = None
+        session.clients[number] = send
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._drain, receive, channel, group.cancel_scope)
+                await self._forward_terminal_input(channel, session)
+                group.cancel_scope.cancel()
+        finally:
+            session.clients.pop(number, None)
+            send.close()
+            self._audit("user-detach", agent=request.agent, exec_id=session.exec_id, who=peer.to_json())
+            log.debug("agent %s: a terminal detached (pid %d)", request.agent, peer.pid)
+
+    async def _drain(self, receive: Any, channel: ClientChannel, scope: anyio.CancelScope) -> None:
+        async with receive:
+            async for frame in receive:
+                if not await channel.send(frame):
+                    break
+        scope.cancel()
+
+    async def _forward_terminal_input(self, channel: ClientChannel, session: InteractiveSession) -> None:
+        while (frame := await channel.receive()) is not None:
+            kind, payload = frame
+            if kind == INPUT:
+                await self._send(session.stream, payload)
+            elif kind == RESIZE:
+                rows, cols = parse_size(decode_json(kind, payload))
+                if rows is not None and cols is not None:
+                    await self._resize(session.exec_id, rows, cols)
+            elif kind != CLOSE_INPUT:
+                # A terminal has no end of input; CLOSE_INPUT is ignored, anything else is a broken client.
+                raise ProtocolError(f"unexpected frame {kind!r} while attached")
+
+    # -- exec --------------------------------------------------------------------------------------------------
+
+    async def run_exec(self, request: Request, channel: ClientChannel, peer: Peer) -> None:
+        """Run a user's command in an agent's container and relay it to the client until it ends."""
+        agent = self._check_agent(request.agent)
+        container_id = self._running_container(agent)
+        execs = self._require_execs()
+        exec_id = await self._create_exec(agent, container_id, list(request.command), tty=request.tty)
+        self._audit("user-exec", agent=agent.name, exec_id=exec_id, command=list(request.command), tty=request.tty,
+                    who=peer.to_json())
+        log.info("agent %s: exec %s started for pid %d (uid %d): %s", agent.name, exec_id[:12], peer.pid, peer.uid,
+                 " ".join(request.command)[:200])
+        stream = await self.workers.call(lambda: execs.start(exec_id, tty=request.tty))
+        exit_code: int | None = None
+        try:
+            if request.tty and request.rows is not None and request.cols is not None:
+                await self._resize(exec_id, request.rows, request.cols)
+            await channel.send(encode_json(ACCEPTED, {"agent": agent.name, "exec_id": exec_id}))
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._forward_exec_input, channel, stream, exec_id)
+                await self._pump_exec(stream, channel, tty=request.tty)
+                group.cancel_scope.cancel()
+            exit_code = await self._exit_code(exec_id)
+        finally:
+            stream.close()
+            self._audit("user-exec-end", agent=agent.name, exec_id=exec_id, exit_code=exit_code)
+        await channel.send(encode_json(EXIT, {"exit_code": exit_code}))
+
+    async def _forward_exec_input(self, channel: ClientChannel, stream: ExecStream, exec_id: str) -> None:
+        while (frame := await channel.receive()) is not None:
+            kind, payload = frame
+            if kind == INPUT:
+                await self._send(stream, payload)
+            elif kind == CLOSE_INPUT:
+                await anyio.to_thread.run_sync(stream.close_input, limiter=self._relay)
+            elif kind == RESIZE:
+                rows, cols = parse_size(decode_json(kind, payload))
+                if rows is not None and cols is not None:
+                    await self._resize(exec_id, rows, cols)
+            else:
+                raise ProtocolError(f"unexpected frame {kind!r} during an exec")
+        # The client has gone: the connection to the exec is closed, which ends its output too.
+        # NOTE: a program in a terminal exec that ignores its closed terminal keeps running until its agent ends.
+        await anyio.to_thread.run_sync(stream.close, limiter=self._relay)
+
+    async def _pump_exec(self, stream: ExecStream, channel: ClientChannel, *, tty: bool) -> None:
+        demultiplexer = None if tty else Demultiplexer()
+        while data := await self._receive(stream):
+            pieces = [(STDOUT, data)] if demultiplexer is None else [
+                (STDERR if number == STDERR_STREAM else STDOUT, piece) for number, piece in demultiplexer.feed(data)
+            ]
+            for kind, piece in pieces:
+                if not await channel.send(encode(kind, piece)):
+                    return
+
+    # -- shared steps ------------------------------------------------------------------------------------------
+
+    def _check_agent(self, name: str) -> AgentPlan:
+        agent = self._agents.get(name)
+        if agent is None:
+            known = ", ".join(sorted(self._agents))
+            raise SessionRefused(f"run {self.plan.run_id} has no agent {name}; its agents are: {known}")
+        return agent
+
+    def _running_container(self, agent: AgentPlan) -> str:
+        container_id = self._containers.get(agent.name)
+        if container_id is None or self.monitor.is_stopping(agent.name):
+            raise SessionRefused(f"agent {agent.name} of run {self.plan.run_id} is not running; check "
+                                 f"`orchestrate status {self.plan.run_id}`")
+        return container_id
+
+    def _require_execs(self) -> Execs:
+        if self._execs is None:
+            raise SessionRefused("this run's container runtime cannot run commands inside agents")
+        return self._execs
+
+    async def _create_exec(self, agent: AgentPlan, container_id: str, command: list[str], *, tty: bool) -> str:
+        execs = self._require_execs()
+        environment = {"TERM": SESSION_TERM} if tty else {}
+        # Announced first: the engine's exec_create event can reach the monitor before the id returns.
+        self.monitor.exec_announced(agent.name)
+        exec_id: str | None = None
+        try:
+            exec_id = await self.workers.call(lambda: execs.create(
+                container_id, command, user=agent.container.user, tty=tty, environment=environment,
+            ))
+        finally:
+            self.monitor.exec_created(agent.name, exec_id)
+        assert exec_id is not None
+        return exec_id
+
+    async def _receive(self, stream: ExecStream) -> bytes:
+        return await anyio.to_thread.run_sync(stream.receive, limiter=self._relay, abandon_on_cancel=True)
+
+    async def _send(self, stream: ExecStream, data: bytes) -> None:
+        try:
+            await anyio.to_thread.run_sync(stream.send, data, limiter=self._relay, abandon_on_cancel=True)
+        except OSError as exc:
+            log.debug("input for an exec was dropped: %s", exc)
+
+    async def _resize(self, exec_id: str, rows: int, cols: int) -> None:
+        execs = self._require_execs()
+        try:
+            await self.workers.call(lambda: execs.resize(exec_id, rows, cols))
+        except Exception as exc:  # noqa: BLE001 - a failed resize leaves the old size; the session goes on.
+            log.debug("resizing exec %s failed: %s", exec_id[:12], exc)
+
+    async def _exit_code(self, exec_id: str) -> int | None:
+        execs = self._require_execs()
+        try:
+            return await self.workers.call(lambda: execs.exit_code(exec_id))
+        except Exception as exc:  # noqa: BLE001 - the exec may be gone with its container; the code is unknown.
+            log.debug("reading the exit code of exec %s failed: %s", exec_id[:12], exc)
+            return None
+
