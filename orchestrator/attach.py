@@ -109,6 +109,10 @@ class LocalTerminal:
                 with raw_mode(STDIN):
                     self.end = Relay(connection, input_fd=STDIN, output=sys.stdout.buffer, errors=sys.stderr.buffer,
                                      terminal_fd=STDIN, detach=self.detach, stop=self._stop).run(opened)
+            if self.end.detached:
+                run_dir = path.parent.parent
+                log.info("detached from agent %s, which keeps running; attach again with `orchestrate attach %s %s "
+                         "--runs-dir %s`", self.agent, run_dir.name, self.agent, run_dir.parent)
         except Exception as exc:  # noqa: BLE001 - the run goes on without a terminal; the reason is kept and shown.
             self.error = str(exc)
             log.error("the terminal of agent %s could not be attached: %s", self.agent, exc)

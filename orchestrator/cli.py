@@ -726,7 +726,7 @@ def attach(
     _guarded(body)
 
 
-@app.command("exec", context_settings={"allow_interspersed_args": False})
+@app.command("exec")
 def exec_(
     run_id: Annotated[str, typer.Argument(help="The run, as `orchestrate status` lists it.", show_default=False)],
     agent: Annotated[str, typer.Argument(help="The running agent to run the command in.", show_default=False)],

@@ -94,7 +94,7 @@ class ControlServer:
                 self._audit("control-error", who=peer.to_json(), error=str(exc))
                 await channel.send(encode_json(ERROR, {"error": f"invalid request: {exc}"}))
             except SessionRefused as exc:
-                await channel.send(encode_json(ERROR, {"error": str(exc)}))
+                await channel.send(encode_json(ERROR, {"error": str(exc), "exit_code": exc.exit_code}))
             except (RuntimeFailure, ContainerGone, DockerUnavailable) as exc:
                 log.warning("a control request of pid %d failed: %s", pid, exc)
                 await channel.send(encode_json(ERROR, {"error": str(exc)}))

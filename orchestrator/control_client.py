@@ -44,7 +44,15 @@ CONNECT_TIMEOUT = 10.0
 class SessionError(OrchestrateError):
     """The run process rejected the request or ended it with an error."""
 
-    exit_code = 1
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _session_error(payload: bytes) -> SessionError:
+    document = decode_json(ERROR, payload)
+    code = document.get("exit_code")
+    return SessionError(str(document.get("error")), exit_code=code if code in (1, 2) else 1)
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,10 @@ class Opened:
 
 def open_session(connection: socket.socket, request: Request) -> Opened:
     """Send the request and return the run process's acceptance; raise SessionError with its reason otherwise."""
-    connection.sendall(encode_json(HELLO, request.to_json()))
+    try:
+        connection.sendall(encode_json(HELLO, request.to_json()))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # A run that rejects the peer answers at once and closes; the answer is still there to read.
     buffer = FrameBuffer()
     while True:
         data = connection.recv(65536)
@@ -111,7 +122,7 @@ def open_session(connection: socket.socket, request: Request) -> Opened:
         frames = buffer.feed(data)
         for index, (kind, payload) in enumerate(frames):
             if kind == ERROR:
-                raise SessionError(str(decode_json(kind, payload).get("error")))
+                raise _session_error(payload)
             if kind == ACCEPTED:
                 return Opened(decode_json(kind, payload), buffer, frames[index + 1:])
 
@@ -146,7 +157,8 @@ class Relay:
         end = self._handle_frames(opened.pending)
         if end is not None:
             return end
-        with selectors.DefaultSelector() as selector:
+        # poll, not epoll: epoll rejects a regular file or /dev/null as standard input.
+        with selectors.PollSelector() as selector:
             selector.register(self._connection, selectors.EVENT_READ, "socket")
             if self._input_fd is not None:
                 selector.register(self._input_fd, selectors.EVENT_READ, "input")
@@ -184,7 +196,7 @@ class Relay:
                 code = decode_json(kind, payload).get("exit_code")
                 return RelayEnd(exit_code=code if isinstance(code, int) else None)
             elif kind == ERROR:
-                raise SessionError(str(decode_json(kind, payload).get("error")))
+                raise _session_error(payload)
         return None
 
     def _from_input(self, selector: selectors.BaseSelector) -> bool:

@@ -62,6 +62,11 @@ Audit = Callable[..., None]
 class SessionRefused(Exception):
     """A request that the run cannot serve: unknown agent, agent not running, or not interactive."""
 
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        # The exit code for the client's command: 2 for a name that does not exist, 1 otherwise.
+        self.exit_code = exit_code
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -323,7 +328,7 @@ class SessionHost:
         agent = self._agents.get(name)
         if agent is None:
             known = ", ".join(sorted(self._agents))
-            raise SessionRefused(f"run {self.plan.run_id} has no agent {name}; its agents are: {known}")
+            raise SessionRefused(f"run {self.plan.run_id} has no agent {name}; its agents are: {known}", exit_code=2)
         return agent
 
     def _running_container(self, agent: AgentPlan) -> str:

@@ -1,0 +1,274 @@
+"""`orchestrate shell`, `run --attach`, `attach` and `exec`, driven through pseudo-terminals against real Docker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pexpect
+import pytest
+
+from orchestrator.control_client import connect
+from orchestrator.control_protocol import ERROR, HELLO, FrameBuffer, encode, socket_path
+
+from .conftest import ORCHESTRATE, Project, _clean_environment, read_json
+
+PROMPT = r"\$ "
+CTRL_P_CTRL_Q = "\x10\x11"
+
+
+def spawn(project: Project, *args: str, rows: int = 30, cols: int = 100) -> pexpect.spawn:
+    return pexpect.spawn(
+        ORCHESTRATE[0], [*ORCHESTRATE[1:], *args], cwd=str(project.root), env=_clean_environment(),
+        timeout=60, encoding="utf-8", dimensions=(rows, cols),
+    )
+
+
+def run_id_from(child: pexpect.spawn) -> str:
+    child.expect(r"run ((?:shell|t-[0-9a-f]+)-\d{8}-\d{6}-[0-9a-f]{6})")
+    return str(child.match.group(1))
+
+
+def audit_records(project: Project, run_id: str) -> list[dict[str, Any]]:
+    lines = (project.runs / run_id / "audit.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def run_containers(client: docker.DockerClient, run_id: str) -> list[str]:
+    return [item["Id"] for item in client.api.containers(all=True, filters={"label": f"orchestrate.run={run_id}"})]
+
+
+@pytest.fixture
+def shell_runs(project: Project) -> Iterator[list[str]]:
+    """Run ids of the shells a test starts; their containers are removed by label if a test fails midway."""
+    started: list[str] = []
+    yield started
+    for run_id in started:
+        for container_id in run_containers(project.client, run_id):
+            project.client.api.remove_container(container_id, force=True)
+
+
+def test_shell_is_a_hardened_sandbox_that_ends_clean(project: Project, shell_runs: list[str]) -> None:
+    (project.source / "notes.txt").write_text("source file\n", encoding="utf-8")
+    child = spawn(project, "shell", "--source", "src", "--runs-dir", "runs")
+    run_id = run_id_from(child)
+    shell_runs.append(run_id)
+    child.expect(PROMPT)
+
+    child.sendline('echo "uid=$(id -u)"')
+    child.expect(r"uid=(\d+)")
+    assert child.match.group(1) != "0"
+
+    child.sendline("echo changed > /workspace/src/notes.txt; echo status=$?")
+    child.expect(r"status=(\d+)")
+    assert child.match.group(1) != "0"
+    assert (project.source / "notes.txt").read_text(encoding="utf-8") == "source file\n"
+
+    child.sendline("echo from-shell > /workspace/output/result.txt; echo status=$?")
+    child.expect(r"status=(\d+)")
+    assert child.match.group(1) == "0"
+
+    # Window size: the first size comes from the user's terminal, a resize reaches the program inside.
+    child.sendline('echo "size=$(stty size)"')
+    child.expect(r"size=(\d+) (\d+)")
+    assert child.match.groups() == ("30", "100")
+    child.setwinsize(41, 132)
+    time.sleep(0.5)
+    child.sendline('echo "size=$(stty size)"')
+    child.expect(r"size=(\d+) (\d+)")
+    assert child.match.groups() == ("41", "132")
+
+    # Ctrl-C is a byte for the terminal inside: it ends the sleep, not the sandbox.
+    child.expect(PROMPT)
+    child.sendline("sleep 30")
+    time.sleep(0.5)
+    started = time.monotonic()
+    child.sendcontrol("c")
+    child.expect(PROMPT)
+    assert time.monotonic() - started < 5
+    child.sendline('echo "alive=$((40 + 2))"')
+    child.expect("alive=42")
+
+    child.sendline("exit")
+    child.expect(pexpect.EOF, timeout=60)
+    child.close()
+    assert child.exitstatus == 0
+
+    assert run_containers(project.client, run_id) == []
+    verify = project.orchestrate("audit", "verify", str(project.runs / run_id))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert (project.root / "generated" / "result.txt").read_text(encoding="utf-8") == "from-shell\n"
+    kinds = [record["kind"] for record in audit_records(project, run_id)]
+    assert "session-start" in kinds
+    assert "violation" not in kinds
+    assert not socket_path(project.runs / run_id).exists()
+
+
+def test_shell_exit_code_is_the_command_exit_code(project: Project, shell_runs: list[str]) -> None:
+    child = spawn(project, "shell", "--source", "src", "--runs-dir", "runs", "--", "sh", "-c", "echo inside; exit 5")
+    shell_runs.append(run_id_from(child))
+    child.expect("inside")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 5
+
+
+def test_exec_is_the_users_action_and_outside_exec_is_tampering(project: Project) -> None:
+    manifest = project.manifest([{"name": "worker", "command": ["sleep", "60"]}])
+    run = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    container = project.wait_for_running(1)[0]
+    run_id = container.labels["orchestrate.run"]
+    socket_file = socket_path(project.runs / run_id)
+    deadline = time.monotonic() + 30
+    while not socket_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    identity = project.orchestrate("exec", run_id, "worker", "--runs-dir", str(project.runs), "--", "id", "-u")
+    assert identity.returncode == 0, identity.stderr
+    assert identity.stdout.strip() not in ("", "0")
+    failing = project.orchestrate("exec", run_id, "worker", "--runs-dir", str(project.runs), "--",
+                                  "sh", "-c", "echo to-stderr >&2; exit 4")
+    assert failing.returncode == 4
+    assert failing.stderr.strip() == "to-stderr"
+    piped = subprocess.run([*ORCHESTRATE, "exec", run_id, "worker", "--runs-dir", str(project.runs), "--", "cat"],
+                           input="through stdin\n", capture_output=True, text=True, timeout=60,
+                           env=_clean_environment(), cwd=project.root, check=False)
+    assert piped.stdout == "through stdin\n"
+    unknown = project.orchestrate("exec", run_id, "nobody", "--runs-dir", str(project.runs), "--", "true")
+    assert unknown.returncode == 2
+    assert "its agents are: worker" in unknown.stderr
+
+    # The socket is private: mode 0600 in a 0700 folder, and another user cannot connect.
+    assert stat.S_IMODE(socket_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(socket_file.parent.stat().st_mode) == 0o700
+    assert _connect_as(65534, socket_file) == "permission denied"
+    # Each layer holds on its own: the socket's mode with the folder opened up, then the peer uid check.
+    socket_file.parent.chmod(0o711)
+    assert _connect_as(65534, socket_file) == "permission denied"
+    socket_file.chmod(0o666)
+    assert _connect_as(65534, socket_file) == "rejected by the run"
+    socket_file.chmod(0o600)
+    socket_file.parent.chmod(0o700)
+
+    # Malformed frames get an error frame back, and the run goes on serving.
+    assert "invalid request" in _send_raw(socket_file, b"Z" + b"\x00\x00\x00\x02{}")
+    assert "invalid request" in _send_raw(socket_file, encode(HELLO, b"not json"))
+    assert "invalid request" in _send_raw(socket_file, encode(HELLO, b'{"version": 1, "action": "rm -rf"}'))
+    again = project.orchestrate("exec", run_id, "worker", "--runs-dir", str(project.runs), "--", "echo", "still-here")
+    assert again.stdout.strip() == "still-here"
+    assert run.poll() is None
+
+    # An exec that orchestrate did not make is tampering, and stops the run.
+    outside = project.client.api.exec_create(container.id, ["true"])
+    project.client.api.exec_start(outside["Id"])
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 3, stderr
+
+    records = audit_records(project, run_id)
+    user_execs = [record for record in records if record["kind"] == "user-exec"]
+    assert [record["command"] for record in user_execs] == [
+        ["id", "-u"], ["sh", "-c", "echo to-stderr >&2; exit 4"], ["cat"], ["echo", "still-here"],
+    ]
+    assert all(record["who"]["uid"] == os.getuid() for record in user_execs)
+    ends = [record["exit_code"] for record in records if record["kind"] == "user-exec-end"]
+    assert ends == [0, 4, 0, 0]
+    tampering = [record for record in records if record.get("violation") == "tampering"]
+    assert tampering, records
+    assert {record["evidence"]["attributes"]["execID"] for record in tampering} == {outside["Id"]}
+    assert [record["kind"] for record in records].count("control-error") == 3
+    assert [record["kind"] for record in records].count("control-rejected") == 1
+
+
+def _connect_as(uid: int, path: Path) -> str:
+    """Try the control socket from a child process running as `uid`; return how far it got.
+
+    The child opens the socket's folder while still root, so the test reaches it through a
+    long pytest path; every permission is checked after the switch to `uid`.
+    """
+    outcomes = {0: "accepted", 13: "permission denied", 14: "rejected by the run"}
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            folder = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX) as connection:
+                connection.settimeout(10)
+                connection.connect(f"/proc/self/fd/{folder}/{path.name}")
+                try:
+                    connection.sendall(encode(HELLO, b'{"version": 1, "action": "exec", "agent": "worker", '
+                                                     b'"command": ["true"]}'))
+                except BrokenPipeError:
+                    pass  # A rejecting run answers at once and closes; its answer is still there to read.
+                answer = connection.recv(65536)
+            code = 14 if answer[:1] == ERROR and b"another user" in answer else 0
+        except PermissionError:
+            code = 13
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(child, 0)
+    return outcomes.get(os.waitstatus_to_exitcode(status), "failed otherwise")
+
+
+def _send_raw(path: Path, data: bytes) -> str:
+    """Send bytes to a control socket and return the error message of its answer."""
+    with connect(path) as connection:
+        connection.settimeout(15)
+        connection.sendall(data)
+        buffer = FrameBuffer()
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return ""
+            for kind, payload in buffer.feed(chunk):
+                if kind == ERROR:
+                    return str(json.loads(payload)["error"])
+
+
+def test_attach_and_detach_keep_the_agent_running(project: Project) -> None:
+    manifest = project.manifest([{
+        "name": "asker", "interactive": True,
+        "command": ["sh", "-c", "while read answer; do echo \"got $answer\"; done; echo bye"],
+    }])
+    first = spawn(project, "run", str(manifest), "--runs-dir", str(project.runs), "--attach", "asker")
+    run_id = run_id_from(first)
+    first.sendline("first")
+    first.expect("got first")
+
+    first.send(CTRL_P_CTRL_Q)
+    first.expect("detached from agent asker")
+    time.sleep(1)
+    assert first.isalive()
+    container = project.containers()[0]
+    container.reload()
+    assert container.status == "running"
+
+    second = spawn(project, "attach", run_id, "asker", "--runs-dir", str(project.runs))
+    second.sendline("second")
+    second.expect("got second")
+    second.sendcontrol("d")
+    second.expect("bye")
+    second.expect(pexpect.EOF)
+    second.close()
+    assert second.exitstatus == 0
+
+    first.expect(pexpect.EOF)
+    first.close()
+    assert first.exitstatus == 0
+    kinds = [record["kind"] for record in audit_records(project, run_id)]
+    assert kinds.count("user-attach") == 2
+    assert kinds.count("user-detach") == 2
+    assert "violation" not in kinds
+    transcript = (project.runs / run_id / "agents" / "asker.terminal.log").read_text(encoding="utf-8")
+    assert re.search(r"got first.*got second", transcript, re.DOTALL)
+    assert read_json(project.runs / run_id / "result.json")["agents"][0]["state"] == "succeeded"
