@@ -56,3 +56,8 @@ def keeper_command() -> tuple[str, ...]:
 def session_command(program: tuple[str, ...]) -> tuple[str, ...]:
     """Return the exec command that runs an interactive agent's `program` and ends its keeper with it."""
     return ("/bin/sh", "-c", SESSION_SCRIPT, SESSION_NAME, *program)
+
+
+def session_program(session: tuple[str, ...]) -> tuple[str, ...]:
+    """Return the program that a session command from `session_command` runs."""
+    return session[4:]

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from orchestrator.errors import InputError
-from orchestrator.interactive import KEEPER_NAME, SESSION_NAME, SHELL_COMMAND
+from orchestrator.interactive import KEEPER_NAME, SESSION_NAME, SHELL_COMMAND, session_program
 from orchestrator.plan import RunPlan
+from orchestrator.render import plan_text
 from orchestrator.shell import ShellRequest, prepare_shell_manifest, shell_exit_code
 
 from .conftest import agent, manifest_data, write_manifest_data
@@ -101,9 +102,14 @@ def test_interactive_agent_runs_a_keeper_and_a_session(
     assert "python3" not in chat.container.command
     # The session wraps exactly what a batch agent would run.
     assert chat.session_command[3] == SESSION_NAME
-    assert chat.session_command[4:] == batch.container.command
+    assert session_program(chat.session_command) == batch.container.command
     assert chat.container.security == batch.container.security
     assert chat.container.user == batch.container.user
+
+
+def test_plan_text_shows_interactive_program(plan_for: Callable[..., RunPlan], source_dir: Path) -> None:
+    text = plan_text(plan_for(manifest_data(source_dir, agents=[agent("chat", interactive=True)])))
+    assert "command   python3 app.py (interactive: in a terminal" in text
 
 
 @pytest.mark.parametrize(
