@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import pwd
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ UNCLAIMED_LIMIT = 256 * 1024
 TRANSCRIPT_LIMIT = 64 * 1024 * 1024
 # Frames queued for one attached client; a client that falls this far behind is dropped, not waited for.
 CLIENT_QUEUE_FRAMES = 1024
-RELAY_THREADS = 64
+# Seconds a client has to hang up after EXIT before its connection is cut. Cutting a receive while the
+# client's close arrives makes anyio 4.16 log an InvalidStateError, so the normal end never cuts one.
+CLIENT_HANG_UP_WAIT = 5.0
 
 Audit = Callable[..., None]
 
@@ -119,11 +122,65 @@ class InteractiveSession:
 
     agent: str
     exec_id: str
-    stream: ExecStream
+    stream: ExecPipe
     clients: dict[int, MemoryObjectSendStream[bytes]] = field(default_factory=dict)
     unclaimed: bytearray | None = field(default_factory=bytearray)
     ended: anyio.Event = field(default_factory=anyio.Event)
     exit_code: int | None = None
+
+
+class ExecPipe:
+    """An exec's connection, read and written on the event loop with no worker thread.
+
+    Threads that block in recv cannot be cancelled cleanly, and one left behind at
+    the end of a session raced its own cancellation in anyio.
+    """
+
+    def __init__(self, stream: ExecStream) -> None:
+        self._stream = stream
+        self._socket = stream.socket
+        self._send_lock = anyio.Lock()
+        self._closed = False
+
+    async def receive(self) -> bytes:
+        """Return the next bytes from the exec, or b"" once it has ended or the pipe is closed."""
+        while not self._closed:
+            try:
+                return self._socket.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return b""
+            try:
+                await anyio.wait_readable(self._socket)
+            except (anyio.ClosedResourceError, OSError):
+                return b""
+        return b""
+
+    async def send(self, data: bytes) -> None:
+        """Send all of `data`, unless the exec has ended; attached clients take turns."""
+        async with self._send_lock:
+            view = memoryview(data)
+            while view and not self._closed:
+                try:
+                    sent = self._socket.send(view, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    await anyio.wait_writable(self._socket)
+                    continue
+                except OSError as exc:
+                    log.debug("input for an exec was dropped: %s", exc)
+                    return
+                view = view[sent:]
+
+    def close_input(self) -> None:
+        self._stream.close_input()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        anyio.notify_closing(self._socket)
+        self._stream.close()
 
 
 class SessionHost:
@@ -147,7 +204,6 @@ class SessionHost:
         self._terminal_size = terminal_size
         api = getattr(getattr(runtime, "client", None), "api", None)
         self._execs = Execs(api) if api is not None else None
-        self._relay = anyio.CapacityLimiter(RELAY_THREADS)
         self.interactive: dict[str, InteractiveSession] = {}
         # Set when an interactive agent's terminal opens, so an attach that comes first (run --attach) waits.
         self._opened = {agent.name: anyio.Event() for agent in plan.agents if agent.session_command is not None}
@@ -168,7 +224,7 @@ class SessionHost:
         assert agent.session_command is not None
         execs = self._require_execs()
         exec_id = await self._create_exec(agent, container_id, list(agent.session_command), tty=True)
-        stream = await self.workers.call(lambda: execs.start(exec_id, tty=True))
+        stream = ExecPipe(await self.workers.call(lambda: execs.start(exec_id, tty=True)))
         session = InteractiveSession(agent=agent.name, exec_id=exec_id, stream=stream)
         self.interactive[agent.name] = session
         self._opened[agent.name].set()
@@ -183,7 +239,7 @@ class SessionHost:
     async def _pump_interactive(self, session: InteractiveSession, transcript_path: Path) -> None:
         written = 0
         with transcript_path.open("wb", buffering=0) as transcript:
-            while data := await self._receive(session.stream):
+            while data := await session.stream.receive():
                 if written < TRANSCRIPT_LIMIT:
                     transcript.write(data[: TRANSCRIPT_LIMIT - written])
                     written += len(data)
@@ -236,29 +292,36 @@ class SessionHost:
             send.send_nowait(encode(STDOUT, bytes(session.unclaimed)))
         session.unclaimed = None
         session.clients[number] = send
+        input_side = _InputSide()
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(self._drain, receive, channel, group.cancel_scope)
-                await self._forward_terminal_input(channel, session)
+                group.start_soon(input_side.run, self._forward_terminal_input(channel, session))
+                drained = anyio.Event()
+                group.start_soon(self._drain, receive, channel, drained)
+                await _first_of(input_side.done, drained)
+                if not input_side.done.is_set():
+                    # The program ended and EXIT went out: the client hangs up by itself once it has read it.
+                    await _until(input_side.done, CLIENT_HANG_UP_WAIT)
                 group.cancel_scope.cancel()
         finally:
             session.clients.pop(number, None)
             send.close()
             self._audit("user-detach", agent=request.agent, exec_id=session.exec_id, who=peer.to_json())
             log.debug("agent %s: a terminal detached (pid %d)", request.agent, peer.pid)
+        input_side.raise_error()
 
-    async def _drain(self, receive: Any, channel: ClientChannel, scope: anyio.CancelScope) -> None:
+    async def _drain(self, receive: Any, channel: ClientChannel, drained: anyio.Event) -> None:
         async with receive:
             async for frame in receive:
                 if not await channel.send(frame):
                     break
-        scope.cancel()
+        drained.set()
 
     async def _forward_terminal_input(self, channel: ClientChannel, session: InteractiveSession) -> None:
         while (frame := await channel.receive()) is not None:
             kind, payload = frame
             if kind == INPUT:
-                await self._send(session.stream, payload)
+                await session.stream.send(payload)
             elif kind == RESIZE:
                 rows, cols = parse_size(decode_json(kind, payload))
                 if rows is not None and cols is not None:
@@ -279,42 +342,47 @@ class SessionHost:
                     who=peer.to_json())
         log.info("agent %s: exec %s started for pid %d (uid %d): %s", agent.name, exec_id[:12], peer.pid, peer.uid,
                  " ".join(request.command)[:200])
-        stream = await self.workers.call(lambda: execs.start(exec_id, tty=request.tty))
+        stream = ExecPipe(await self.workers.call(lambda: execs.start(exec_id, tty=request.tty)))
         exit_code: int | None = None
         try:
             if request.tty and request.rows is not None and request.cols is not None:
                 await self._resize(exec_id, request.rows, request.cols)
             await channel.send(encode_json(ACCEPTED, {"agent": agent.name, "exec_id": exec_id}))
+            input_side = _InputSide()
             async with anyio.create_task_group() as group:
-                group.start_soon(self._forward_exec_input, channel, stream, exec_id)
+                group.start_soon(input_side.run, self._forward_exec_input(channel, stream, exec_id))
                 await self._pump_exec(stream, channel, tty=request.tty)
+                exit_code = await self._exit_code(exec_id)
+                await channel.send(encode_json(EXIT, {"exit_code": exit_code}))
+                await _until(input_side.done, CLIENT_HANG_UP_WAIT)
                 group.cancel_scope.cancel()
-            exit_code = await self._exit_code(exec_id)
         finally:
             stream.close()
             self._audit("user-exec-end", agent=agent.name, exec_id=exec_id, exit_code=exit_code)
-        await channel.send(encode_json(EXIT, {"exit_code": exit_code}))
+        input_side.raise_error()
 
-    async def _forward_exec_input(self, channel: ClientChannel, stream: ExecStream, exec_id: str) -> None:
-        while (frame := await channel.receive()) is not None:
-            kind, payload = frame
-            if kind == INPUT:
-                await self._send(stream, payload)
-            elif kind == CLOSE_INPUT:
-                await anyio.to_thread.run_sync(stream.close_input, limiter=self._relay)
-            elif kind == RESIZE:
-                rows, cols = parse_size(decode_json(kind, payload))
-                if rows is not None and cols is not None:
-                    await self._resize(exec_id, rows, cols)
-            else:
-                raise ProtocolError(f"unexpected frame {kind!r} during an exec")
-        # The client has gone: the connection to the exec is closed, which ends its output too.
-        # NOTE: a program in a terminal exec that ignores its closed terminal keeps running until its agent ends.
-        await anyio.to_thread.run_sync(stream.close, limiter=self._relay)
+    async def _forward_exec_input(self, channel: ClientChannel, stream: ExecPipe, exec_id: str) -> None:
+        try:
+            while (frame := await channel.receive()) is not None:
+                kind, payload = frame
+                if kind == INPUT:
+                    await stream.send(payload)
+                elif kind == CLOSE_INPUT:
+                    stream.close_input()
+                elif kind == RESIZE:
+                    rows, cols = parse_size(decode_json(kind, payload))
+                    if rows is not None and cols is not None:
+                        await self._resize(exec_id, rows, cols)
+                else:
+                    raise ProtocolError(f"unexpected frame {kind!r} during an exec")
+        finally:
+            # The client has gone or broke the protocol: closing the exec's connection ends its output too.
+            # NOTE: a program in a terminal exec that ignores its closed terminal keeps running until its agent ends.
+            stream.close()
 
-    async def _pump_exec(self, stream: ExecStream, channel: ClientChannel, *, tty: bool) -> None:
+    async def _pump_exec(self, stream: ExecPipe, channel: ClientChannel, *, tty: bool) -> None:
         demultiplexer = None if tty else Demultiplexer()
-        while data := await self._receive(stream):
+        while data := await stream.receive():
             pieces = [(STDOUT, data)] if demultiplexer is None else [
                 (STDERR if number == STDERR_STREAM else STDOUT, piece) for number, piece in demultiplexer.feed(data)
             ]
@@ -358,15 +426,6 @@ class SessionHost:
         assert exec_id is not None
         return exec_id
 
-    async def _receive(self, stream: ExecStream) -> bytes:
-        return await anyio.to_thread.run_sync(stream.receive, limiter=self._relay, abandon_on_cancel=True)
-
-    async def _send(self, stream: ExecStream, data: bytes) -> None:
-        try:
-            await anyio.to_thread.run_sync(stream.send, data, limiter=self._relay, abandon_on_cancel=True)
-        except OSError as exc:
-            log.debug("input for an exec was dropped: %s", exc)
-
     async def _resize(self, exec_id: str, rows: int, cols: int) -> None:
         execs = self._require_execs()
         try:
@@ -382,3 +441,44 @@ class SessionHost:
             log.debug("reading the exit code of exec %s failed: %s", exec_id[:12], exc)
             return None
 
+
+
+class _InputSide:
+    """A client's input loop run as a task: its end is an event, and its protocol error is kept for the caller.
+
+    A task group would wrap the error in an ExceptionGroup, which the control server
+    could not tell from an internal error.
+    """
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: ProtocolError | None = None
+
+    async def run(self, loop: Awaitable[None]) -> None:
+        try:
+            await loop
+        except ProtocolError as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+async def _until(event: anyio.Event, seconds: float) -> None:
+    with anyio.move_on_after(seconds):
+        await event.wait()
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    """Return as soon as one of `events` is set."""
+    async with anyio.create_task_group() as group:
+        for event in events:
+            group.start_soon(_set_then_cancel, event, group.cancel_scope)
+
+
+async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -32,17 +32,13 @@ class ExecStream:
         raw = getattr(handle, "_sock", handle)
         if not isinstance(raw, socket.socket):
             raise TypeError(f"the engine returned {type(raw).__name__} for an exec, not a socket")
+        # Blocking mode without a timeout: callers on an event loop pass MSG_DONTWAIT to each call instead.
+        raw.settimeout(None)
         self._socket = raw
 
-    def receive(self, size: int = 65536) -> bytes:
-        """Return the next bytes from the exec, or b"" once it has ended."""
-        try:
-            return self._socket.recv(size)
-        except OSError:
-            return b""
-
-    def send(self, data: bytes) -> None:
-        self._socket.sendall(data)
+    @property
+    def socket(self) -> socket.socket:
+        return self._socket
 
     def close_input(self) -> None:
         """Give the exec end of input, as a closed pipe would."""

@@ -253,6 +253,17 @@ def test_attach_and_detach_keep_the_agent_running(project: Project) -> None:
     container.reload()
     assert container.status == "running"
 
+    # A client that breaks the protocol while attached gets an error; the agent goes on.
+    hello = encode(HELLO, b'{"version": 1, "action": "attach", "agent": "asker", "command": [], "tty": true}')
+    assert "unexpected frame" in _send_raw(socket_path(project.runs / run_id), hello + encode(b"Q", b""))
+    attach_other = spawn(project, "attach", run_id, "nobody", "--runs-dir", str(project.runs))
+    attach_other.expect("its agents are: asker")
+    attach_other.expect(pexpect.EOF)
+    attach_other.close()
+    assert attach_other.exitstatus == 2
+    container.reload()
+    assert container.status == "running"
+
     second = spawn(project, "attach", run_id, "asker", "--runs-dir", str(project.runs))
     second.sendline("second")
     second.expect("got second")
@@ -266,8 +277,10 @@ def test_attach_and_detach_keep_the_agent_running(project: Project) -> None:
     first.close()
     assert first.exitstatus == 0
     kinds = [record["kind"] for record in audit_records(project, run_id)]
-    assert kinds.count("user-attach") == 2
-    assert kinds.count("user-detach") == 2
+    # The terminal of `run --attach`, the client that broke the protocol, and `orchestrate attach`.
+    assert kinds.count("user-attach") == 3
+    assert kinds.count("user-detach") == 3
+    assert kinds.count("control-error") == 1
     assert "violation" not in kinds
     transcript = (project.runs / run_id / "agents" / "asker.terminal.log").read_text(encoding="utf-8")
     assert re.search(r"got first.*got second", transcript, re.DOTALL)
