@@ -57,7 +57,7 @@ def _session_error(payload: bytes) -> SessionError:
 
 @dataclass(frozen=True)
 class RelayEnd:
-    """How a relay ended: the program's exit code, a detach, or the run's end (neither)."""
+    """The end of a relay: the program's exit code, a detach, or the end of the run (neither set)."""
 
     exit_code: int | None = None
     detached: bool = False
@@ -113,12 +113,12 @@ def open_session(connection: socket.socket, request: Request) -> Opened:
     try:
         connection.sendall(encode_json(HELLO, request.to_json()))
     except (BrokenPipeError, ConnectionResetError):
-        pass  # A run that rejects the peer answers at once and closes; the answer is still there to read.
+        pass  # A run that rejects the peer replies at once and closes, and its reply is still there to read.
     buffer = FrameBuffer()
     while True:
         data = connection.recv(65536)
         if not data:
-            raise SessionError("the run process closed the connection before it answered; the run may have ended")
+            raise SessionError("the run process closed the connection before its reply; the run may have ended")
         frames = buffer.feed(data)
         for index, (kind, payload) in enumerate(frames):
             if kind == ERROR:

@@ -37,8 +37,8 @@ MAX_JSON_PAYLOAD = 64 * 1024
 
 SOCKET_FOLDER = "control"
 SOCKET_NAME = "orchestrate.sock"
-# sun_path holds at most 108 bytes, less than a deep run folder, so the socket is named through an open
-# descriptor of its folder: /proc/self/fd/<fd>/orchestrate.sock stays short wherever the folder is.
+# sun_path has room for 108 bytes, less than a deep run folder needs. So a long path is named through an open
+# descriptor of its folder, /proc/self/fd/<fd>/orchestrate.sock, which stays short wherever the folder is.
 SHORT_PATH_LIMIT = 100
 
 

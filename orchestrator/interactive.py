@@ -1,9 +1,9 @@
 """How an interactive agent runs: its program in a terminal that the run process opens, inside its container.
 
 The engine can give a container a terminal (Tty), but then it never closes the
-container's input when the attached client goes away (moby closes stdin on
-detach only without a Tty; measured on Docker 20.10). The lifeline depends on
-that end of input. So an interactive agent's container is created like any
+container's input when the attached client goes away. Moby closes stdin on
+detach only without a Tty, as measured on Docker 20.10. The lifeline depends
+on that end of input. So an interactive agent's container is created like any
 other, without a terminal and with the lifeline, and runs only a keeper. Right
 after the start, the run process creates an exec with a terminal that runs the
 agent's command, and relays that terminal to `run --attach`, `attach` and

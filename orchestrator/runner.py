@@ -52,7 +52,7 @@ def execute(
     """Run every agent of `plan` to completion, timeout, violation or interruption.
 
     `control_ready` is called on the run's event loop with the control socket's path once it accepts
-    connections; `terminal_size` (rows, columns) is the first size of interactive agents' terminals.
+    connections. `terminal_size` (rows, columns) is the first size of interactive agents' terminals.
     """
     supervisor = Supervisor(plan, runtime, dict(os.environ), grace=grace, handle_signals=handle_signals,
                             listener=listener or ignore, table=table, terminal_size=terminal_size,

@@ -132,8 +132,8 @@ class InteractiveSession:
 class ExecPipe:
     """An exec's connection, read and written on the event loop with no worker thread.
 
-    Threads that block in recv cannot be cancelled cleanly, and one left behind at
-    the end of a session raced its own cancellation in anyio.
+    A worker thread blocked in recv cannot be cancelled, so a relay built on one
+    would leave threads behind whenever a session ends first on the client's side.
     """
 
     def __init__(self, stream: ExecStream) -> None:

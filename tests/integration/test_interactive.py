@@ -57,7 +57,7 @@ def shell_runs(project: Project) -> Iterator[list[str]]:
             project.client.api.remove_container(container_id, force=True)
 
 
-def test_shell_is_a_hardened_sandbox_that_ends_clean(project: Project, shell_runs: list[str]) -> None:
+def test_shell_sandbox_ends_clean(project: Project, shell_runs: list[str]) -> None:
     (project.source / "notes.txt").write_text("source file\n", encoding="utf-8")
     child = spawn(project, "shell", "--source", "src", "--runs-dir", "runs")
     run_id = run_id_from(child)
@@ -113,7 +113,7 @@ def test_shell_is_a_hardened_sandbox_that_ends_clean(project: Project, shell_run
     assert not socket_path(project.runs / run_id).exists()
 
 
-def test_shell_exit_code_is_the_command_exit_code(project: Project, shell_runs: list[str]) -> None:
+def test_shell_exit_code_is_commands(project: Project, shell_runs: list[str]) -> None:
     child = spawn(project, "shell", "--source", "src", "--runs-dir", "runs", "--", "sh", "-c", "echo inside; exit 5")
     shell_runs.append(run_id_from(child))
     child.expect("inside")
@@ -122,7 +122,7 @@ def test_shell_exit_code_is_the_command_exit_code(project: Project, shell_runs: 
     assert child.exitstatus == 5
 
 
-def test_exec_is_the_users_action_and_outside_exec_is_tampering(project: Project) -> None:
+def test_exec_audited_outside_exec_tampering(project: Project) -> None:
     manifest = project.manifest([{"name": "worker", "command": ["sleep", "60"]}])
     run = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
     container = project.wait_for_running(1)[0]
@@ -191,8 +191,8 @@ def test_exec_is_the_users_action_and_outside_exec_is_tampering(project: Project
 def _connect_as(uid: int, path: Path) -> str:
     """Try the control socket from a child process running as `uid`; return how far it got.
 
-    The child opens the socket's folder while still root, so the test reaches it through a
-    long pytest path; every permission is checked after the switch to `uid`.
+    The child opens the socket's folder while still root, so that it can reach the socket
+    through a long pytest path. Every permission is checked after the switch to `uid`.
     """
     outcomes = {0: "accepted", 13: "permission denied", 14: "rejected by the run"}
     child = os.fork()
@@ -209,7 +209,7 @@ def _connect_as(uid: int, path: Path) -> str:
                     connection.sendall(encode(HELLO, b'{"version": 1, "action": "exec", "agent": "worker", '
                                                      b'"command": ["true"]}'))
                 except BrokenPipeError:
-                    pass  # A rejecting run answers at once and closes; its answer is still there to read.
+                    pass  # A rejecting run replies at once and closes, and its reply is still there to read.
                 answer = connection.recv(65536)
             code = 14 if answer[:1] == ERROR and b"another user" in answer else 0
         except PermissionError:
@@ -221,7 +221,7 @@ def _connect_as(uid: int, path: Path) -> str:
 
 
 def _send_raw(path: Path, data: bytes) -> str:
-    """Send bytes to a control socket and return the error message of its answer."""
+    """Send bytes to a control socket and return the error message of its reply."""
     with connect(path) as connection:
         connection.settimeout(15)
         connection.sendall(data)
@@ -235,7 +235,7 @@ def _send_raw(path: Path, data: bytes) -> str:
                     return str(json.loads(payload)["error"])
 
 
-def test_attach_and_detach_keep_the_agent_running(project: Project) -> None:
+def test_detach_keeps_agent_running(project: Project) -> None:
     manifest = project.manifest([{
         "name": "asker", "interactive": True,
         "command": ["sh", "-c", "while read answer; do echo \"got $answer\"; done; echo bye"],
