@@ -135,6 +135,10 @@ def test_exec_audited_outside_exec_tampering(project: Project) -> None:
     identity = project.orchestrate("exec", run_id, "worker", "--runs-dir", str(project.runs), "--", "id", "-u")
     assert identity.returncode == 0, identity.stderr
     assert identity.stdout.strip() not in ("", "0")
+    status = project.orchestrate("exec", run_id, "worker", "--runs-dir", str(project.runs), "--",
+                                 "grep", "-E", "^(CapEff|CapBnd|NoNewPrivs):", "/proc/self/status")
+    fields = dict(line.split(":\t") for line in status.stdout.splitlines())
+    assert fields == {"CapEff": "0000000000000000", "CapBnd": "0000000000000000", "NoNewPrivs": "1"}
     failing = project.orchestrate("exec", run_id, "worker", "--runs-dir", str(project.runs), "--",
                                   "sh", "-c", "echo to-stderr >&2; exit 4")
     assert failing.returncode == 4
@@ -176,11 +180,12 @@ def test_exec_audited_outside_exec_tampering(project: Project) -> None:
     records = audit_records(project, run_id)
     user_execs = [record for record in records if record["kind"] == "user-exec"]
     assert [record["command"] for record in user_execs] == [
-        ["id", "-u"], ["sh", "-c", "echo to-stderr >&2; exit 4"], ["cat"], ["echo", "still-here"],
+        ["id", "-u"], ["grep", "-E", "^(CapEff|CapBnd|NoNewPrivs):", "/proc/self/status"],
+        ["sh", "-c", "echo to-stderr >&2; exit 4"], ["cat"], ["echo", "still-here"],
     ]
     assert all(record["who"]["uid"] == os.getuid() for record in user_execs)
     ends = [record["exit_code"] for record in records if record["kind"] == "user-exec-end"]
-    assert ends == [0, 4, 0, 0]
+    assert ends == [0, 0, 4, 0, 0]
     tampering = [record for record in records if record.get("violation") == "tampering"]
     assert tampering, records
     assert {record["evidence"]["attributes"]["execID"] for record in tampering} == {outside["Id"]}
@@ -285,3 +290,39 @@ def test_detach_keeps_agent_running(project: Project) -> None:
     transcript = (project.runs / run_id / "agents" / "asker.terminal.log").read_text(encoding="utf-8")
     assert re.search(r"got first.*got second", transcript, re.DOTALL)
     assert read_json(project.runs / run_id / "result.json")["agents"][0]["state"] == "succeeded"
+
+
+def test_killed_run_ends_interactive_agent(project: Project) -> None:
+    # The terminal runs in an exec, outside the lifeline's wrapper: the lifeline must still end it.
+    manifest = project.manifest([{
+        "name": "stubborn", "interactive": True, "command": ["sh", "-c", "trap '' HUP TERM INT; sleep 600"],
+    }])
+    run = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--no-live")
+    container = project.wait_for_running(1)[0]
+    run_id = container.labels["orchestrate.run"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "session-start" not in (project.runs / run_id / "audit.jsonl").read_text():
+        time.sleep(0.05)
+    lingering = subprocess.Popen(
+        [*ORCHESTRATE, "exec", run_id, "stubborn", "--runs-dir", str(project.runs), "--", "sh", "-c",
+         "trap '' HUP TERM INT; echo started; sleep 600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_clean_environment(),
+    )
+    assert lingering.stdout is not None
+    assert lingering.stdout.readline() == b"started\n"
+
+    run.kill()
+    run.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        container.reload()
+        if container.status != "running":
+            break
+        time.sleep(0.1)
+    assert container.status == "exited"
+    # The exec's client sees its session end, rather than hanging on a dead run.
+    lingering.communicate(timeout=30)
+    assert lingering.returncode != 0
+
+    cleanup = project.orchestrate("cleanup", run_id, "--runs-dir", str(project.runs))
+    assert cleanup.returncode == 0, cleanup.stderr
