@@ -18,7 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.abc
@@ -58,6 +58,7 @@ CLIENT_QUEUE_FRAMES = 1024
 # Seconds a client has to hang up after EXIT before its connection is cut. Cutting a receive while the
 # client's close arrives makes anyio 4.16 log an InvalidStateError, so the normal end never cuts one.
 CLIENT_HANG_UP_WAIT = 5.0
+OPEN_POLL_SECONDS = 0.5
 
 Audit = Callable[..., None]
 
@@ -237,10 +238,23 @@ class SessionHost:
         self._background.start_soon(self._pump_interactive, session, agent.log_path.with_suffix(".terminal.log"))
 
     async def _pump_interactive(self, session: InteractiveSession, transcript_path: Path) -> None:
+        try:
+            await self._relay_output(session, transcript_path)
+        except Exception:  # noqa: BLE001 - a broken relay must never end the run; the agent's program goes on.
+            log.exception("agent %s: relaying its terminal failed; attach is no longer possible", session.agent)
+        await self._end_session(session)
+
+    async def _relay_output(self, session: InteractiveSession, transcript_path: Path) -> None:
         written = 0
-        with transcript_path.open("wb", buffering=0) as transcript:
+        try:
+            transcript: BinaryIO | None = transcript_path.open("wb", buffering=0)
+        except OSError as exc:
+            log.warning("agent %s: its terminal output is not kept, %s cannot be written: %s", session.agent,
+                        transcript_path, exc.strerror)
+            transcript = None
+        try:
             while data := await session.stream.receive():
-                if written < TRANSCRIPT_LIMIT:
+                if transcript is not None and written < TRANSCRIPT_LIMIT:
                     transcript.write(data[: TRANSCRIPT_LIMIT - written])
                     written += len(data)
                 if session.unclaimed is not None:
@@ -253,7 +267,11 @@ class SessionHost:
                         log.warning("agent %s: dropped an attached client that stopped reading", session.agent)
                         session.clients.pop(number, None)
                         queue.close()
+        finally:
+            if transcript is not None:
+                transcript.close()
 
+    async def _end_session(self, session: InteractiveSession) -> None:
         session.exit_code = await self._exit_code(session.exec_id)
         session.stream.close()
         self._audit("session-end", agent=session.agent, exec_id=session.exec_id, exit_code=session.exit_code)
@@ -269,8 +287,10 @@ class SessionHost:
     async def attach(self, request: Request, channel: ClientChannel, peer: Peer) -> None:
         """Join a client to an interactive agent's terminal until it detaches or the agent's program ends."""
         opened = self._opened.get(request.agent)
-        if opened is not None:
-            await opened.wait()
+        # An agent that fails before its terminal opens is marked stopping, so the wait ends with it.
+        while opened is not None and not opened.is_set() and not self.monitor.is_stopping(request.agent):
+            with anyio.move_on_after(OPEN_POLL_SECONDS):
+                await opened.wait()
         session = self.interactive.get(request.agent)
         if session is None or session.ended.is_set():
             self._check_agent(request.agent)
