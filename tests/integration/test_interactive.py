@@ -269,6 +269,8 @@ def test_detach_keeps_agent_running(project: Project) -> None:
     container.reload()
     assert container.status == "running"
 
+    follower = subprocess.Popen([*ORCHESTRATE, "logs", run_id, "asker", "-f", "--runs-dir", str(project.runs)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_clean_environment())
     second = spawn(project, "attach", run_id, "asker", "--runs-dir", str(project.runs))
     second.sendline("second")
     second.expect("got second")
@@ -281,6 +283,11 @@ def test_detach_keeps_agent_running(project: Project) -> None:
     first.expect(pexpect.EOF)
     first.close()
     assert first.exitstatus == 0
+    # `logs -f` followed the terminal and ended with the agent; `logs` after the run prints the saved copy.
+    followed, _errors = follower.communicate(timeout=30)
+    assert re.search(rb"got first.*got second.*bye", followed, re.DOTALL)
+    saved = project.orchestrate("logs", run_id, "asker", "--runs-dir", str(project.runs))
+    assert re.search(r"got first.*got second.*bye", saved.stdout, re.DOTALL)
     kinds = [record["kind"] for record in audit_records(project, run_id)]
     # The terminal of `run --attach`, the client that broke the protocol, and `orchestrate attach`.
     assert kinds.count("user-attach") == 3
