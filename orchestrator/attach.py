@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import termios
 import threading
@@ -68,6 +69,7 @@ def _terminal(tty: bool) -> Iterator[int | None]:
             yield None if pipe is None else pipe[0]
     finally:
         if pipe is not None:
+            signal.signal(signal.SIGWINCH, signal.SIG_DFL)
             os.close(pipe[0])
             os.close(pipe[1])
 
@@ -87,6 +89,8 @@ class LocalTerminal:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._saved = termios.tcgetattr(STDIN)
+        # Made here, in the main thread, because only the main thread can take SIGWINCH.
+        self._resize_pipe = wake_on_resize()
 
     def start(self, path: Path) -> None:
         self._thread = threading.Thread(target=self._run, args=(path,), name="orchestrate-terminal", daemon=True)
@@ -98,6 +102,11 @@ class LocalTerminal:
         if self._thread is not None:
             self._thread.join(timeout=2)
         termios.tcsetattr(STDIN, termios.TCSADRAIN, self._saved)
+        if self._resize_pipe is not None:
+            signal.signal(signal.SIGWINCH, signal.SIG_DFL)
+            for fd in self._resize_pipe:
+                os.close(fd)
+            self._resize_pipe = None
 
     def _run(self, path: Path) -> None:
         size = window_size(STDIN)
@@ -108,7 +117,8 @@ class LocalTerminal:
                 opened = open_session(connection, request)
                 with raw_mode(STDIN):
                     self.end = Relay(connection, input_fd=STDIN, output=sys.stdout.buffer, errors=sys.stderr.buffer,
-                                     terminal_fd=STDIN, detach=self.detach, stop=self._stop).run(opened)
+                                     terminal_fd=STDIN, detach=self.detach, stop=self._stop,
+                                     resize_fd=None if self._resize_pipe is None else self._resize_pipe[0]).run(opened)
             if self.end.detached:
                 run_dir = path.parent.parent
                 log.info("detached from agent %s, which keeps running; attach again with `orchestrate attach %s %s "

@@ -333,3 +333,14 @@ def test_killed_run_ends_interactive_agent(project: Project) -> None:
 
     cleanup = project.orchestrate("cleanup", run_id, "--runs-dir", str(project.runs))
     assert cleanup.returncode == 0, cleanup.stderr
+
+
+def test_run_attach_rejects_batch_agent(project: Project) -> None:
+    manifest = project.manifest([{"name": "batch", "command": ["true"]}])
+    completed = project.orchestrate("run", str(manifest), "--runs-dir", str(project.runs), "--attach", "batch")
+    assert completed.returncode == 2
+    assert "the agent is not interactive; set `interactive: true`" in completed.stderr
+    unknown = project.orchestrate("run", str(manifest), "--runs-dir", str(project.runs), "--attach", "ghost")
+    assert unknown.returncode == 2
+    assert "its agents are: batch" in unknown.stderr
+    assert project.containers() == []
