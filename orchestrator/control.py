@@ -30,8 +30,9 @@ from .control_protocol import (
     socket_path,
 )
 from .errors import DockerUnavailable
+from .relay import ClientChannel, Peer
 from .runtime.docker import ContainerGone, RuntimeFailure
-from .sessions import Audit, ClientChannel, Peer, SessionHost, SessionRefused
+from .sessions import Audit, SessionHost, SessionRefused
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,7 @@ the peer's pid and uid from SO_PEERCRED and, for an exec, the command and exit c
 from __future__ import annotations
 
 import logging
-import pwd
-import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,7 +30,6 @@ from .control_protocol import (
     RESIZE,
     STDERR,
     STDOUT,
-    FrameBuffer,
     ProtocolError,
     Request,
     decode_json,
@@ -43,8 +40,9 @@ from .control_protocol import (
 from .interactive import SESSION_TERM
 from .monitor import Monitor
 from .plan import AgentPlan, RunPlan
+from .relay import ClientChannel, ExecPipe, InputSide, Peer, first_of, wait_until
 from .runtime import Runtime
-from .runtime.execs import STDERR_STREAM, Demultiplexer, Execs, ExecStream
+from .runtime.execs import STDERR_STREAM, Demultiplexer, Execs
 from .workers import Workers
 
 log = logging.getLogger(__name__)
@@ -72,51 +70,6 @@ class SessionRefused(Exception):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
-class Peer:
-    """The process at the other end of a control connection, from SO_PEERCRED."""
-
-    pid: int
-    uid: int
-    gid: int
-
-    def to_json(self) -> dict[str, object]:
-        try:
-            user: str | None = pwd.getpwuid(self.uid).pw_name
-        except KeyError:
-            user = None
-        return {"pid": self.pid, "uid": self.uid, "gid": self.gid, "user": user}
-
-
-class ClientChannel:
-    """One control connection, read and written as frames."""
-
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        self._stream = stream
-        self._buffer = FrameBuffer()
-        self._ready: list[tuple[bytes, bytes]] = []
-        self._lock = anyio.Lock()
-
-    async def receive(self) -> tuple[bytes, bytes] | None:
-        """Return the next frame, or None once the client has gone; raise ProtocolError on a bad frame."""
-        while not self._ready:
-            try:
-                data = await self._stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return None
-            self._ready.extend(self._buffer.feed(data))
-        return self._ready.pop(0)
-
-    async def send(self, frame: bytes) -> bool:
-        """Send one encoded frame; return False when the client has gone."""
-        async with self._lock:
-            try:
-                await self._stream.send(frame)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return False
-        return True
-
-
 @dataclass
 class InteractiveSession:
     """The terminal of one interactive agent, held by the run process for as long as the agent runs."""
@@ -128,60 +81,6 @@ class InteractiveSession:
     unclaimed: bytearray | None = field(default_factory=bytearray)
     ended: anyio.Event = field(default_factory=anyio.Event)
     exit_code: int | None = None
-
-
-class ExecPipe:
-    """An exec's connection, read and written on the event loop with no worker thread.
-
-    A worker thread blocked in recv cannot be cancelled, so a relay built on one
-    would leave threads behind whenever a session ends first on the client's side.
-    """
-
-    def __init__(self, stream: ExecStream) -> None:
-        self._stream = stream
-        self._socket = stream.socket
-        self._send_lock = anyio.Lock()
-        self._closed = False
-
-    async def receive(self) -> bytes:
-        """Return the next bytes from the exec, or b"" once it has ended or the pipe is closed."""
-        while not self._closed:
-            try:
-                return self._socket.recv(65536, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                pass
-            except OSError:
-                return b""
-            try:
-                await anyio.wait_readable(self._socket)
-            except (anyio.ClosedResourceError, OSError):
-                return b""
-        return b""
-
-    async def send(self, data: bytes) -> None:
-        """Send all of `data`, unless the exec has ended; attached clients take turns."""
-        async with self._send_lock:
-            view = memoryview(data)
-            while view and not self._closed:
-                try:
-                    sent = self._socket.send(view, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    await anyio.wait_writable(self._socket)
-                    continue
-                except OSError as exc:
-                    log.debug("input for an exec was dropped: %s", exc)
-                    return
-                view = view[sent:]
-
-    def close_input(self) -> None:
-        self._stream.close_input()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        anyio.notify_closing(self._socket)
-        self._stream.close()
 
 
 class SessionHost:
@@ -312,16 +211,16 @@ class SessionHost:
             send.send_nowait(encode(STDOUT, bytes(session.unclaimed)))
         session.unclaimed = None
         session.clients[number] = send
-        input_side = _InputSide()
+        input_side = InputSide()
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(input_side.run, self._forward_terminal_input(channel, session))
                 drained = anyio.Event()
                 group.start_soon(self._drain, receive, channel, drained)
-                await _first_of(input_side.done, drained)
+                await first_of(input_side.done, drained)
                 if not input_side.done.is_set():
                     # The program ended and EXIT went out: the client hangs up by itself once it has read it.
-                    await _until(input_side.done, CLIENT_HANG_UP_WAIT)
+                    await wait_until(input_side.done, CLIENT_HANG_UP_WAIT)
                 group.cancel_scope.cancel()
         finally:
             session.clients.pop(number, None)
@@ -368,13 +267,13 @@ class SessionHost:
             if request.tty and request.rows is not None and request.cols is not None:
                 await self._resize(exec_id, request.rows, request.cols)
             await channel.send(encode_json(ACCEPTED, {"agent": agent.name, "exec_id": exec_id}))
-            input_side = _InputSide()
+            input_side = InputSide()
             async with anyio.create_task_group() as group:
                 group.start_soon(input_side.run, self._forward_exec_input(channel, stream, exec_id))
                 await self._pump_exec(stream, channel, tty=request.tty)
                 exit_code = await self._exit_code(exec_id)
                 await channel.send(encode_json(EXIT, {"exit_code": exit_code}))
-                await _until(input_side.done, CLIENT_HANG_UP_WAIT)
+                await wait_until(input_side.done, CLIENT_HANG_UP_WAIT)
                 group.cancel_scope.cancel()
         finally:
             stream.close()
@@ -460,45 +359,3 @@ class SessionHost:
         except Exception as exc:  # noqa: BLE001 - the exec may be gone with its container; the code is unknown.
             log.debug("reading the exit code of exec %s failed: %s", exec_id[:12], exc)
             return None
-
-
-
-class _InputSide:
-    """A client's input loop run as a task: its end is an event, and its protocol error is kept for the caller.
-
-    A task group would wrap the error in an ExceptionGroup, which the control server
-    could not tell from an internal error.
-    """
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.error: ProtocolError | None = None
-
-    async def run(self, loop: Awaitable[None]) -> None:
-        try:
-            await loop
-        except ProtocolError as exc:
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def raise_error(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
-async def _until(event: anyio.Event, seconds: float) -> None:
-    with anyio.move_on_after(seconds):
-        await event.wait()
-
-
-async def _first_of(*events: anyio.Event) -> None:
-    """Return as soon as one of `events` is set."""
-    async with anyio.create_task_group() as group:
-        for event in events:
-            group.start_soon(_set_then_cancel, event, group.cancel_scope)
-
-
-async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
