@@ -15,6 +15,7 @@ from pathlib import Path
 from .control_client import Relay, RelayEnd, SessionError, connect, open_session, run_socket
 from .control_protocol import Request
 from .errors import InputError
+from .plan import RunPlan
 from .terminal import raw_mode, wake_on_resize, window_size
 
 log = logging.getLogger(__name__)
@@ -140,3 +141,15 @@ def _log_lines_for_raw_terminal() -> Iterator[None]:
     finally:
         for handler in handlers:
             handler.terminator = "\n"
+
+
+def terminal_for(plan: RunPlan, agent: str) -> LocalTerminal:
+    """Check that `agent` of `plan` can take this terminal (`run --attach`), and return the terminal to connect."""
+    agents = {item.name: item for item in plan.agents}
+    if agent not in agents:
+        raise InputError(f"--attach {agent}: the manifest has no such agent; its agents are: {', '.join(agents)}")
+    if agents[agent].session_command is None:
+        raise InputError(f"--attach {agent}: the agent is not interactive; set `interactive: true` in its entry")
+    if not sys.stdin.isatty():
+        raise InputError("--attach needs a terminal on standard input; run it from a terminal")
+    return LocalTerminal(agent, detach=True)

@@ -20,8 +20,6 @@ from . import __version__
 from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EnvironmentProblem, ImageMissing, OrchestrateError, PlanError
 
 if TYPE_CHECKING:
-    from .attach import LocalTerminal
-    from .plan import RunPlan
     from .runtime.docker import DockerRuntime
 
 app = typer.Typer(
@@ -142,6 +140,7 @@ def run(
     _options["json_lines"] = json_output
 
     def body() -> int:
+        from .attach import terminal_for
         from .liveview import JsonLines, LiveTable
         from .manifest import load_manifest
         from .plan import ENVIRONMENT_CAUSES
@@ -160,7 +159,7 @@ def run(
                     raise ImageMissing(str(exc)) from exc
                 raise EnvironmentProblem(str(exc)) from exc
             raise
-        terminal = _local_terminal(plan, attach) if attach is not None else None
+        terminal = terminal_for(plan, attach) if attach is not None else None
         show_live = sys.stderr.isatty() and terminal is None if live is None else live
         table = LiveTable() if show_live and not json_output else None
         if table is not None:
@@ -625,21 +624,6 @@ def _terminal_size() -> tuple[int, int] | None:
     from .terminal import window_size
 
     return window_size(0)
-
-
-def _local_terminal(plan: RunPlan, agent: str) -> LocalTerminal:
-    """Check that `agent` of `plan` can take this terminal, and return the terminal for the run to connect."""
-    from .attach import LocalTerminal
-    from .errors import InputError
-
-    names = {item.name: item for item in plan.agents}
-    if agent not in names:
-        raise InputError(f"--attach {agent}: the manifest has no such agent; its agents are: {', '.join(names)}")
-    if names[agent].session_command is None:
-        raise InputError(f"--attach {agent}: the agent is not interactive; set `interactive: true` in its entry")
-    if not sys.stdin.isatty():
-        raise InputError("--attach needs a terminal on standard input; run it from a terminal")
-    return LocalTerminal(agent, detach=True)
 
 
 @app.command()
