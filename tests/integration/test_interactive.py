@@ -344,3 +344,23 @@ def test_run_attach_rejects_batch_agent(project: Project) -> None:
     assert unknown.returncode == 2
     assert "its agents are: batch" in unknown.stderr
     assert project.containers() == []
+
+
+def test_outside_attach_is_tampering(project: Project) -> None:
+    # Only the run process holds an interactive agent's terminal; an engine attach from outside is tampering.
+    manifest = project.manifest([{"name": "chat", "interactive": True, "command": ["sleep", "60"]}])
+    run = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--no-live")
+    container = project.wait_for_running(1)[0]
+    run_id = container.labels["orchestrate.run"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "session-start" not in (project.runs / run_id / "audit.jsonl").read_text():
+        time.sleep(0.05)
+
+    outside = project.client.api.attach_socket(container.id, params={"stdout": 1, "stream": 1})
+    try:
+        run.communicate(timeout=60)
+    finally:
+        outside.close()
+    assert run.returncode == 3
+    tampering = [record for record in audit_records(project, run_id) if record.get("violation") == "tampering"]
+    assert [record["subject"] for record in tampering] == ["attach"]
