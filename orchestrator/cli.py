@@ -143,7 +143,6 @@ def run(
         from .attach import terminal_for
         from .liveview import JsonLines, LiveTable
         from .manifest import load_manifest
-        from .plan import ENVIRONMENT_CAUSES
         from .render import result_text
         from .runner import execute, plan_manifest
 
@@ -153,12 +152,7 @@ def run(
         try:
             plan = plan_manifest(loaded, runtime, runs_root=runs_dir)
         except PlanError as exc:
-            # For `run`, a missing image or runtime is the machine's problem, not the manifest's: exit 4.
-            if all(problem.cause in ENVIRONMENT_CAUSES for problem in exc.problems):
-                if all(problem.cause == "image-missing" for problem in exc.problems):
-                    raise ImageMissing(str(exc)) from exc
-                raise EnvironmentProblem(str(exc)) from exc
-            raise
+            raise _for_run(exc) from exc
         terminal = terminal_for(plan, attach) if attach is not None else None
         show_live = sys.stderr.isatty() and terminal is None if live is None else live
         table = LiveTable() if show_live and not json_output else None
@@ -620,6 +614,18 @@ def logs(
     _guarded(body)
 
 
+def _for_run(error: PlanError) -> OrchestrateError:
+    """Return the error that `run` and `shell` raise for a plan problem."""
+    from .plan import ENVIRONMENT_CAUSES
+
+    # For a run, a missing image or runtime is the machine's problem, not the manifest's: exit 4.
+    if all(problem.cause in ENVIRONMENT_CAUSES for problem in error.problems):
+        if all(problem.cause == "image-missing" for problem in error.problems):
+            return ImageMissing(str(error))
+        return EnvironmentProblem(str(error))
+    return error
+
+
 def _terminal_size() -> tuple[int, int] | None:
     from .terminal import window_size
 
@@ -656,7 +662,7 @@ def shell(
         from .attach import LocalTerminal
         from .errors import InputError
         from .runner import execute, plan_manifest
-        from .shell import SHELL_AGENT, ShellRequest, prepare_shell_manifest, shell_exit_code
+        from .shell import SHELL_AGENT, ShellRequest, discard_run_folder, prepare_shell_manifest, shell_exit_code
 
         if not sys.stdin.isatty():
             raise InputError("orchestrate shell needs a terminal on standard input; run it from a terminal, or use "
@@ -665,7 +671,13 @@ def shell(
                                source=source, profile=profile, timeout=timeout)
         runtime = _runtime()
         loaded, run_id = prepare_shell_manifest(request, cwd=Path.cwd())
-        plan = plan_manifest(loaded, runtime, runs_root=runs_dir, run_id=run_id)
+        try:
+            plan = plan_manifest(loaded, runtime, runs_root=runs_dir, run_id=run_id)
+        except OrchestrateError as exc:
+            discard_run_folder(loaded.path.parent)
+            if isinstance(exc, PlanError):
+                raise _for_run(exc) from exc
+            raise
         name = plan.agents[0].name if manifest is not None else SHELL_AGENT
         typer.echo(f"orchestrate: run {plan.run_id}: {plan.source} is read-only at /workspace/src; your workspace "
                    "is /workspace/output; leave the shell to end the run", err=True)

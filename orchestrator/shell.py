@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from . import yamlsource
-from .errors import InputError
+from .errors import InputError, ManifestError
 from .interactive import SHELL_COMMAND
 from .manifest import LoadedManifest, load_manifest
 from .plan import new_run_id
@@ -52,7 +52,20 @@ def prepare_shell_manifest(request: ShellRequest, *, cwd: Path) -> tuple[LoadedM
     run_dir.mkdir(parents=True, mode=0o700)
     path = run_dir / SHELL_MANIFEST
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
-    return load_manifest(path), run_id
+    try:
+        return load_manifest(path), run_id
+    except ManifestError:
+        discard_run_folder(run_dir)
+        raise
+
+
+def discard_run_folder(run_dir: Path) -> None:
+    """Remove a shell's run folder that holds nothing but its manifest, after a problem stopped the shell."""
+    (run_dir / SHELL_MANIFEST).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass  # Something else is in it, so it stays.
 
 
 def _check_options(request: ShellRequest) -> None:

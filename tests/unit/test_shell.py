@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, ManifestError
 from orchestrator.interactive import KEEPER_NAME, SESSION_NAME, SHELL_COMMAND, session_program
 from orchestrator.plan import RunPlan
 from orchestrator.render import plan_text
@@ -125,3 +125,10 @@ def test_plan_text_shows_interactive_program(plan_for: Callable[..., RunPlan], s
 )
 def test_shell_exit_code(run_exit: int, agent_exit: int | None, state: str, expected: int) -> None:
     assert shell_exit_code(run_exit, agent_exit, state) == expected
+
+
+def test_invalid_timeout_leaves_no_run_folder(tmp_path: Path, source_dir: Path) -> None:
+    runs = tmp_path / "runs"
+    with pytest.raises(ManifestError, match="timeout"):
+        prepare_shell_manifest(ShellRequest(runs_dir=runs, timeout="soon"), cwd=source_dir)
+    assert list(runs.iterdir()) == []
