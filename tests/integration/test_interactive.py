@@ -8,6 +8,7 @@ import re
 import socket
 import stat
 import subprocess
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,14 @@ def run_containers(client: docker.DockerClient, run_id: str) -> list[str]:
     return [item["Id"] for item in client.api.containers(all=True, filters={"label": f"orchestrate.run={run_id}"})]
 
 
+def assert_terminal_restored(child: pexpect.spawn) -> None:
+    """Check that the pseudo-terminal left raw mode: on Linux the master reports the terminal's settings."""
+    local_flags = termios.tcgetattr(child.child_fd)[3]
+    assert local_flags & termios.ICANON
+    assert local_flags & termios.ECHO
+    assert local_flags & termios.ISIG
+
+
 @pytest.fixture
 def shell_runs(project: Project) -> Iterator[list[str]]:
     """Run ids of the shells a test starts; their containers are removed by label if a test fails midway."""
@@ -63,6 +72,8 @@ def test_shell_sandbox_ends_clean(project: Project, shell_runs: list[str]) -> No
     run_id = run_id_from(child)
     shell_runs.append(run_id)
     child.expect(PROMPT)
+    # Raw while connected, so keys such as Ctrl-C reach the shell inside as bytes.
+    assert not termios.tcgetattr(child.child_fd)[3] & termios.ICANON
 
     child.sendline('echo "uid=$(id -u)"')
     child.expect(r"uid=(\d+)")
@@ -100,6 +111,7 @@ def test_shell_sandbox_ends_clean(project: Project, shell_runs: list[str]) -> No
 
     child.sendline("exit")
     child.expect(pexpect.EOF, timeout=60)
+    assert_terminal_restored(child)
     child.close()
     assert child.exitstatus == 0
 
@@ -120,6 +132,21 @@ def test_shell_exit_code_is_commands(project: Project, shell_runs: list[str]) ->
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 5
+
+
+def test_stopped_shell_restores_terminal(project: Project, shell_runs: list[str]) -> None:
+    child = spawn(project, "shell", "--source", "src", "--runs-dir", "runs")
+    run_id = run_id_from(child)
+    shell_runs.append(run_id)
+    child.expect(PROMPT)
+
+    stopped = project.orchestrate("stop", run_id, "--runs-dir", str(project.runs))
+    assert stopped.returncode == 0, stopped.stderr
+    child.expect(pexpect.EOF, timeout=60)
+    assert_terminal_restored(child)
+    child.close()
+    assert child.exitstatus == 130
+    assert run_containers(project.client, run_id) == []
 
 
 def test_exec_audited_outside_exec_tampering(project: Project) -> None:
