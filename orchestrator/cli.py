@@ -645,7 +645,8 @@ def shell(
         Path | None, typer.Option("--source", help="The folder mounted read-only at /workspace/src; default: here.")
     ] = None,
     profile: Annotated[
-        str | None, typer.Option("--profile", help="The agent profile (image, broker), such as claude-code.")
+        str | None, typer.Option("--profile", help="The agent profile that sets the image and egress broker; "
+                                                   "default custom.")
     ] = None,
     timeout: Annotated[
         str | None, typer.Option("--timeout", help="End the sandbox after this long, such as 90m; default 8h.")
@@ -654,8 +655,9 @@ def shell(
 ) -> None:
     """Open a terminal in one hardened sandbox: the source read-only, a fresh workspace, the monitor and audit log.
 
-    Leaving the shell ends the run: the workspace is published and the container removed. The exit code is the
-    shell's (or COMMAND's), or 2 invalid options, 3 a violation stopped it, 4 Docker or an image is missing.
+    Leaving the shell ends the run and removes the container; the workspace is published when the shell exits 0.
+    The exit code is the shell's (or COMMAND's), or 2 invalid options, 3 a violation stopped it, 4 Docker or an
+    image is missing, 130 stopped by a signal or `orchestrate stop`.
     """
 
     def body() -> int:
