@@ -29,7 +29,7 @@ from .control_protocol import (
     peer_credentials,
     socket_path,
 )
-from .errors import DockerUnavailable
+from .errors import DockerUnavailable, EnvironmentProblem
 from .relay import ClientChannel, Peer
 from .runtime.docker import ContainerGone, RuntimeFailure
 from .sessions import Audit, SessionHost, SessionRefused
@@ -53,30 +53,49 @@ class ControlServer:
         self._sessions = sessions
         self._audit = audit
         self._ready = ready
+        self._listener: anyio.abc.SocketListener | None = None
+
+    async def open(self) -> None:
+        """Create the socket; raise EnvironmentProblem when that fails.
+
+        Called before the run's task group starts, so the error reaches the user as itself
+        rather than inside an exception group.
+        """
+        try:
+            self._listener = await self._listen()
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"cannot create the run's control socket {self.path} ({exc.strerror or exc}); check that the runs "
+                "folder is a local folder that you can write"
+            ) from exc
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Accept connections until cancelled, then remove the socket."""
-        # The folder is private before the socket exists, so no other user can reach it between bind and chmod.
-        self.path.parent.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.path.parent, 0o700)
-        address, folder = bind_address(self.path)
+        """Accept connections on the socket from `open` until cancelled, then remove it."""
+        if self._listener is None:
+            raise RuntimeError("ControlServer.serve called before open")
         try:
-            listener = await anyio.create_unix_listener(address, mode=0o600)
-        finally:
-            if folder is not None:
-                os.close(folder)
-        try:
-            async with listener, anyio.create_task_group() as group:
+            async with self._listener, anyio.create_task_group() as group:
                 task_status.started()
                 if self._ready is not None:
                     self._ready(self.path)
-                await listener.serve(self._handle, task_group=group)
+                await self._listener.serve(self._handle, task_group=group)
         finally:
             try:
                 self.path.unlink()
                 self.path.parent.rmdir()
             except OSError as exc:
                 log.debug("removing the control socket %s failed: %s", self.path, exc)
+
+    async def _listen(self) -> anyio.abc.SocketListener:
+        # The folder is private before the socket exists, so no other user can reach it between bind and chmod.
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.path.parent, 0o700)
+        address, folder = bind_address(self.path)
+        try:
+            return await anyio.create_unix_listener(address, mode=0o600)
+        finally:
+            if folder is not None:
+                os.close(folder)
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:

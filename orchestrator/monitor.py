@@ -260,7 +260,7 @@ class Monitor:
         self._report(Violation(TAMPERING, agent, event.action, detail, event.to_json()))
 
 
-
 def _exec_detail(event: EngineEvent) -> str:
+    # A held exec event is described as `classify` describes any exec it reports.
     verdict = classify(event, started=True, stopping=False)
     return verdict[1] if verdict is not None else event.action

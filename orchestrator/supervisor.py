@@ -37,7 +37,7 @@ from .results import AgentResult, RunResult
 from .runtime import Lifeline, Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
 from .runtime.inspection import security_summary
-from .sessions import SessionHost
+from .sessions import SessionHost, SessionRefused
 from .shutdown import DEFAULT_GRACE, stop_all, stop_container
 from .status import RunLock
 from .violations import Violation
@@ -124,6 +124,7 @@ class Supervisor:
         log.info("run %s started with %d agent%s in %s", self.plan.run_id, count, "" if count == 1 else "s",
                  self.plan.run_dir)
 
+        await self.control.open()
         async with anyio.create_task_group() as outer:
             self._background = outer
             if self.handle_signals:
@@ -321,7 +322,7 @@ class Supervisor:
         container_id = self._containers[agent.name]
         try:
             await self.sessions.open_interactive(agent, container_id)
-        except (RuntimeFailure, ContainerGone, DockerUnavailable) as exc:
+        except (RuntimeFailure, ContainerGone, DockerUnavailable, SessionRefused) as exc:
             result.fail("error", f"the agent's terminal could not be opened: {exc}")
             self.monitor.stopping(agent.name)
             await stop_container(self.runtime, self.workers, container_id, grace=0, force=self.force)
