@@ -60,7 +60,7 @@ def prepare_shell_manifest(request: ShellRequest, *, cwd: Path) -> tuple[LoadedM
 
 
 def discard_run_folder(run_dir: Path) -> None:
-    """Remove a shell's run folder that holds nothing but its manifest, after a problem stopped the shell."""
+    """Remove a shell's run folder that contains nothing but its manifest, after a problem stopped the shell."""
     (run_dir / SHELL_MANIFEST).unlink(missing_ok=True)
     try:
         run_dir.rmdir()

@@ -374,7 +374,7 @@ def test_run_attach_rejects_batch_agent(project: Project) -> None:
 
 
 def test_outside_attach_is_tampering(project: Project) -> None:
-    # Only the run process holds an interactive agent's terminal; an engine attach from outside is tampering.
+    # Only the run process has an interactive agent's terminal, so an engine attach from outside is tampering.
     manifest = project.manifest([{"name": "chat", "interactive": True, "command": ["sleep", "60"]}])
     run = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--no-live")
     container = project.wait_for_running(1)[0]

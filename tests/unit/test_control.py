@@ -19,7 +19,7 @@ from orchestrator.sessions import SessionHost, SessionRefused
 
 
 class RecordingSessions:
-    """Stands in for SessionHost: records requests and answers each exec with an exit code."""
+    """A stand-in for SessionHost that records requests and ends each exec with exit code 0."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[Request, Peer]] = []
