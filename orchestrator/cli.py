@@ -141,6 +141,7 @@ def run(
 
     def body() -> int:
         from .attach import terminal_for
+        from .errors import InputError
         from .liveview import JsonLines, LiveTable
         from .manifest import load_manifest
         from .render import result_text
@@ -153,6 +154,8 @@ def run(
             plan = plan_manifest(loaded, runtime, runs_root=runs_dir)
         except PlanError as exc:
             raise _for_run(exc) from exc
+        if attach is not None and json_output:
+            raise InputError("--attach and --json exclude each other: both would write to this terminal; drop one")
         terminal = terminal_for(plan, attach) if attach is not None else None
         show_live = sys.stderr.isatty() and terminal is None if live is None else live
         table = LiveTable() if show_live and not json_output else None
@@ -683,14 +686,18 @@ def shell(
         name = plan.agents[0].name if manifest is not None else SHELL_AGENT
         typer.echo(f"orchestrate: run {plan.run_id}: {plan.source} is read-only at /workspace/src; your workspace "
                    "is /workspace/output; leave the shell to end the run", err=True)
+        # The run's progress lines would land in the middle of the shell's screen; warnings still show.
+        orchestrator_log = logging.getLogger("orchestrator")
+        if orchestrator_log.level == logging.INFO:
+            orchestrator_log.setLevel(logging.WARNING)
         terminal = LocalTerminal(name, detach=False)
         try:
             result = execute(plan, runtime, terminal_size=_terminal_size(), control_ready=terminal.start)
         finally:
             terminal.close()
         outcome = result.agents[0]
-        typer.echo(f"orchestrate: run {plan.run_id} ended: {outcome.describe()}; its folder is {plan.run_dir}",
-                   err=True)
+        typer.echo(f"orchestrate: run {plan.run_id} ended: {outcome.describe()}; its folder is {plan.run_dir}, "
+                   f"its audit log head {result.audit_head}", err=True)
         return shell_exit_code(result.exit_code, outcome.exit_code, outcome.state)
 
     _guarded(body)
