@@ -5,7 +5,8 @@ has returned the exec's id. So the run process announces an exec before it
 creates it. While an announcement of an agent is open, that agent's exec
 events wait. Once the id is known, the events that carry it are the run's own,
 and the rest are judged as usual: an exec that anyone else made is tampering,
-only judged a few milliseconds later.
+judged once the create call returns (within milliseconds on an idle engine,
+at most the client timeout of 60 s on a stuck one).
 """
 
 from __future__ import annotations
