@@ -1,8 +1,8 @@
 """Benchmark: how long `orchestrate shell` takes to show its prompt, and to return after `exit`.
 
-Drives the real command through a pseudo-terminal (pexpect) in a scratch folder with an empty source,
-so the times include orchestrate's start-up, the plan, the container's create and start, the
-terminal exec, and at the end the stop, evidence, publishing and removal. Prints one JSON object.
+Drives the real command through a pseudo-terminal (pexpect) in a scratch folder with an empty source.
+The first time includes orchestrate's start-up, the plan, the container's create and start, and the
+terminal exec. The second includes the stop, evidence, publishing and removal. Prints one JSON object.
 
 Run: .venv/bin/python bench/shell.py [--repeat 5]
 """
