@@ -134,6 +134,27 @@ def test_shell_exit_code_is_commands(project: Project, shell_runs: list[str]) ->
     assert child.exitstatus == 5
 
 
+def test_shell_takes_a_manifest_agent(project: Project, shell_runs: list[str]) -> None:
+    manifest = project.manifest([
+        {"name": "first", "command": ["true"]},
+        {"name": "second", "command": ["true"], "resources": {"memory": "256m", "pids": 64}},
+    ])
+    # cgroup v1 names the limit pids/pids.max, v2 pids.max.
+    limit = "$(cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null)"
+    report = f'echo "agent=$ORCHESTRATE_AGENT pids={limit}"'
+    child = spawn(project, "shell", "--manifest", str(manifest), "--agent", "second", "--runs-dir", "runs", "--",
+                  "sh", "-c", report)
+    run_id = run_id_from(child)
+    shell_runs.append(run_id)
+    child.expect(r"agent=(\S+) pids=(\d+)")
+    assert child.match.groups() == ("second", "64")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    plan = read_json(project.runs / run_id / "plan.json")
+    assert [agent["name"] for agent in plan["agents"]] == ["second"]
+
+
 def test_stopped_shell_restores_terminal(project: Project, shell_runs: list[str]) -> None:
     child = spawn(project, "shell", "--source", "src", "--runs-dir", "runs")
     run_id = run_id_from(child)
