@@ -3,7 +3,8 @@
 The engine's exec_create event can reach the monitor before the create call
 has returned the exec's id. So the run process announces an exec before it
 creates it. While an announcement of an agent is open, that agent's exec
-events wait. Once the id is known, the events that carry it are the run's own,
+events wait. Once the id is known, the events that carry it in their execID
+attribute (Docker 20.10 sets it on exec_create and exec_start) are the run's own,
 and the rest are judged as usual: an exec that anyone else made is tampering,
 judged once the create call returns (within milliseconds on an idle engine,
 at most the client timeout of 60 s on a stuck one).
