@@ -13,6 +13,8 @@ the peer's pid and uid from SO_PEERCRED and, for an exec, the command and exit c
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +39,13 @@ from .control_protocol import (
     encode_json,
     parse_size,
 )
+from .errors import DockerUnavailable
 from .interactive import SESSION_TERM
 from .monitor import Monitor
 from .plan import AgentPlan, RunPlan
 from .relay import ClientChannel, ExecPipe, InputSide, Peer, first_of, wait_until
 from .runtime import Runtime
+from .runtime.docker import ContainerGone, RuntimeFailure
 from .runtime.execs import STDERR_STREAM, Demultiplexer, Execs
 from .workers import Workers
 
@@ -263,6 +267,7 @@ class SessionHost:
                  " ".join(request.command)[:200])
         stream = ExecPipe(await self.workers.call(lambda: execs.start(exec_id, tty=request.tty)))
         exit_code: int | None = None
+        hung_up = False
         try:
             if request.tty and request.rows is not None and request.cols is not None:
                 await self._resize(exec_id, request.rows, request.cols)
@@ -271,13 +276,15 @@ class SessionHost:
             async with anyio.create_task_group() as group:
                 group.start_soon(input_side.run, self._forward_exec_input(channel, stream, exec_id))
                 await self._pump_exec(stream, channel, tty=request.tty)
+                if input_side.done.is_set():
+                    hung_up = await self._hang_up(exec_id)
                 exit_code = await self._exit_code(exec_id)
                 await channel.send(encode_json(EXIT, {"exit_code": exit_code}))
                 await wait_until(input_side.done, CLIENT_HANG_UP_WAIT)
                 group.cancel_scope.cancel()
         finally:
             stream.close()
-            self._audit("user-exec-end", agent=agent.name, exec_id=exec_id, exit_code=exit_code)
+            self._audit("user-exec-end", agent=agent.name, exec_id=exec_id, exit_code=exit_code, hung_up=hung_up)
         input_side.raise_error()
 
     async def _forward_exec_input(self, channel: ClientChannel, stream: ExecPipe, exec_id: str) -> None:
@@ -296,8 +303,25 @@ class SessionHost:
                     raise ProtocolError(f"unexpected frame {kind!r} during an exec")
         finally:
             # The client has gone or broke the protocol: closing the exec's connection ends its output too.
-            # NOTE: a program in a terminal exec that ignores its closed terminal keeps running until its agent ends.
             stream.close()
+
+    async def _hang_up(self, exec_id: str) -> bool:
+        """Send SIGHUP to an exec whose client went away, as a closed terminal would; return whether it was sent.
+
+        The engine closes neither a terminal exec's terminal nor its process when the client goes.
+        NOTE: a program that ignores SIGHUP still runs until its agent ends.
+        """
+        execs = self._require_execs()
+        try:
+            pid = await self.workers.call(lambda: execs.running_pid(exec_id))
+            if pid is None:
+                return False
+            os.kill(pid, signal.SIGHUP)
+        except (ProcessLookupError, PermissionError, RuntimeFailure, ContainerGone, DockerUnavailable) as exc:
+            log.debug("exec %s: sending SIGHUP failed: %s", exec_id[:12], exc)
+            return False
+        log.info("exec %s: its client went away; sent SIGHUP to process %d", exec_id[:12], pid)
+        return True
 
     async def _pump_exec(self, stream: ExecPipe, channel: ClientChannel, *, tty: bool) -> None:
         demultiplexer = None if tty else Demultiplexer()

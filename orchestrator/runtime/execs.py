@@ -103,6 +103,13 @@ class Execs:
         with translated_errors(f"resize exec {exec_id[:12]}"):
             self._api.exec_resize(exec_id, height=rows, width=cols)
 
+    def running_pid(self, exec_id: str) -> int | None:
+        """Return the host pid of an exec's process while it runs, else None."""
+        with translated_errors(f"inspect exec {exec_id[:12]}"):
+            details = self._api.exec_inspect(exec_id)
+        pid = int(details.get("Pid") or 0)
+        return pid if details.get("Running") and pid > 0 else None
+
     def exit_code(self, exec_id: str) -> int | None:
         """Return the exit code of an ended exec, or None when the engine has none within EXIT_CODE_WAIT."""
         deadline = time.monotonic() + EXIT_CODE_WAIT

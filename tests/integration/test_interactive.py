@@ -219,6 +219,19 @@ def test_exec_audited_outside_exec_tampering(project: Project) -> None:
     assert again.stdout.strip() == "still-here"
     assert run.poll() is None
 
+    # A terminal exec whose client dies gets SIGHUP, as a closed terminal would give it.
+    watcher = "trap 'echo hup > /workspace/output/hup.txt; exit' HUP; echo started; while :; do sleep 0.2; done"
+    dropped = spawn(project, "exec", run_id, "worker", "--tty", "--runs-dir", str(project.runs), "--",
+                    "sh", "-c", watcher)
+    dropped.expect("started")
+    dropped.kill(9)
+    hang_up = project.runs / run_id / "agents" / "worker" / "hup.txt"
+    deadline = time.monotonic() + 15
+    while not hang_up.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hang_up.read_text(encoding="utf-8") == "hup\n"
+    dropped.close()
+
     # An exec that orchestrate did not make is tampering, and stops the run.
     outside = project.client.api.exec_create(container.id, ["true"])
     project.client.api.exec_start(outside["Id"])
@@ -229,11 +242,13 @@ def test_exec_audited_outside_exec_tampering(project: Project) -> None:
     user_execs = [record for record in records if record["kind"] == "user-exec"]
     assert [record["command"] for record in user_execs] == [
         ["id", "-u"], ["grep", "-E", "^(CapEff|CapBnd|NoNewPrivs):", "/proc/self/status"],
-        ["sh", "-c", "echo to-stderr >&2; exit 4"], ["cat"], ["echo", "still-here"],
+        ["sh", "-c", "echo to-stderr >&2; exit 4"], ["cat"], ["echo", "still-here"], ["sh", "-c", watcher],
     ]
     assert all(record["who"]["uid"] == os.getuid() for record in user_execs)
     ends = [record["exit_code"] for record in records if record["kind"] == "user-exec-end"]
-    assert ends == [0, 0, 4, 0, 0]
+    assert ends == [0, 0, 4, 0, 0, 0]
+    hung_up = [record["hung_up"] for record in records if record["kind"] == "user-exec-end"]
+    assert hung_up == [False, False, False, False, False, True]
     tampering = [record for record in records if record.get("violation") == "tampering"]
     assert tampering, records
     assert {record["evidence"]["attributes"]["execID"] for record in tampering} == {outside["Id"]}
