@@ -49,9 +49,13 @@ def prepare_shell_manifest(request: ShellRequest, *, cwd: Path) -> tuple[LoadedM
     document = _from_manifest(request) if request.manifest is not None else _default_document(request, cwd)
     run_id = new_run_id(str(document["name"]))
     run_dir = request.runs_dir / run_id
-    run_dir.mkdir(parents=True, mode=0o700)
     path = run_dir / SHELL_MANIFEST
-    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    try:
+        run_dir.mkdir(parents=True, mode=0o700)
+        path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"--runs-dir {request.runs_dir}: cannot create the run folder {run_dir} "
+                         f"({exc.strerror or exc}); pass --runs-dir with a folder you can write") from exc
     try:
         return load_manifest(path), run_id
     except ManifestError:

@@ -132,3 +132,10 @@ def test_invalid_timeout_leaves_no_run_folder(tmp_path: Path, source_dir: Path) 
     with pytest.raises(ManifestError, match="timeout"):
         prepare_shell_manifest(ShellRequest(runs_dir=runs, timeout="soon"), cwd=source_dir)
     assert list(runs.iterdir()) == []
+
+
+def test_runs_dir_that_is_a_file_is_input_error(tmp_path: Path, source_dir: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.write_text("not a folder\n", encoding="utf-8")
+    with pytest.raises(InputError, match="cannot create the run folder"):
+        prepare_shell_manifest(ShellRequest(runs_dir=runs), cwd=source_dir)
