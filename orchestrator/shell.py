@@ -123,8 +123,11 @@ def _from_manifest(request: ShellRequest) -> dict[str, Any]:
     base = loaded.base_dir
     document = dict(data)
     source = document["source"]
-    source_path = source if isinstance(source, str) else source["path"]
-    document["source"] = _absolute(base, source_path)
+    if isinstance(source, str):
+        document["source"] = _absolute(base, source)
+    else:
+        # The other fields of the source (such as its mode) are kept as written.
+        document["source"] = {**source, "path": _absolute(base, source["path"])}
     document["output"] = _absolute(base, document.get("output", "./generated"))
     entry = _agent_entry(request, agents[0])
     if entry.get("workspace"):

@@ -139,3 +139,12 @@ def test_runs_dir_that_is_a_file_is_input_error(tmp_path: Path, source_dir: Path
     runs.write_text("not a folder\n", encoding="utf-8")
     with pytest.raises(InputError, match="cannot create the run folder"):
         prepare_shell_manifest(ShellRequest(runs_dir=runs), cwd=source_dir)
+
+
+def test_source_mapping_keeps_its_fields(tmp_path: Path, source_dir: Path) -> None:
+    data = manifest_data({"path": "project", "mode": "read-only"})
+    path = write_manifest_data(source_dir.parent, data)
+    request = ShellRequest(runs_dir=tmp_path / "runs", manifest=path, agent="reader")
+    loaded, _run_id = prepare_shell_manifest(request, cwd=tmp_path)
+    assert loaded.manifest.source.path == str(source_dir)
+    assert loaded.manifest.source.mode == "read-only"
