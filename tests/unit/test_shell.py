@@ -142,7 +142,7 @@ def test_runs_dir_that_is_a_file_is_input_error(tmp_path: Path, source_dir: Path
 
 
 def test_source_mapping_keeps_its_fields(tmp_path: Path, source_dir: Path) -> None:
-    data = manifest_data("project", source={"path": "project", "mode": "read-only"})
+    data = {**manifest_data("project"), "source": {"path": "project", "mode": "read-only"}}
     path = write_manifest_data(source_dir.parent, data)
     request = ShellRequest(runs_dir=tmp_path / "runs", manifest=path, agent="reader")
     loaded, _run_id = prepare_shell_manifest(request, cwd=tmp_path)
