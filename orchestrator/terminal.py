@@ -7,6 +7,7 @@ import os
 import signal
 import struct
 import termios
+import threading
 import tty
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,8 +50,6 @@ Handlers = dict[signal.Signals, object]
 
 
 def _exit_on_signals() -> Handlers:
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return {}
 
@@ -100,8 +99,6 @@ class DetachDetector:
 
 def wake_on_resize() -> tuple[int, int] | None:
     """Return a pipe (read end, write end) that gets a byte on every SIGWINCH; None outside the main thread."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return None
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
