@@ -125,6 +125,11 @@ def run(
         typer.Option("--live/--no-live", help="Show a live table of the agents; on by default on a terminal.",
                      show_default=False),
     ] = None,
+    attach: Annotated[
+        str | None,
+        typer.Option("--attach", help="Connect this terminal to the named interactive agent from its start; "
+                                      "Ctrl-P Ctrl-Q detaches and leaves the run going.", show_default=False),
+    ] = None,
 ) -> None:
     """Start every agent of MANIFEST in its own hardened container and wait for all of them.
 
@@ -136,9 +141,10 @@ def run(
     _options["json_lines"] = json_output
 
     def body() -> int:
+        from .attach import terminal_for
+        from .errors import InputError
         from .liveview import JsonLines, LiveTable
         from .manifest import load_manifest
-        from .plan import ENVIRONMENT_CAUSES
         from .render import result_text
         from .runner import execute, plan_manifest
 
@@ -148,20 +154,24 @@ def run(
         try:
             plan = plan_manifest(loaded, runtime, runs_root=runs_dir)
         except PlanError as exc:
-            # For `run`, a missing image or runtime is the machine's problem, not the manifest's: exit 4.
-            if all(problem.cause in ENVIRONMENT_CAUSES for problem in exc.problems):
-                if all(problem.cause == "image-missing" for problem in exc.problems):
-                    raise ImageMissing(str(exc)) from exc
-                raise EnvironmentProblem(str(exc)) from exc
-            raise
-        show_live = sys.stderr.isatty() if live is None else live
+            raise _for_run(exc) from exc
+        if attach is not None and json_output:
+            raise InputError("--attach and --json exclude each other: both would write to this terminal; drop one")
+        terminal = terminal_for(plan, attach) if attach is not None else None
+        show_live = sys.stderr.isatty() and terminal is None if live is None else live
         table = LiveTable() if show_live and not json_output else None
         if table is not None:
             handler = table.handler()
             handler.setFormatter(logging.Formatter("orchestrate: %(message)s"))
             logging.getLogger("orchestrator").handlers[:] = [handler]
         listener = JsonLines() if json_output else None
-        result = execute(plan, runtime, grace=grace, listener=listener, table=table)
+        try:
+            result = execute(plan, runtime, grace=grace, listener=listener, table=table,
+                             terminal_size=_terminal_size() if terminal else None,
+                             control_ready=terminal.start if terminal else None)
+        finally:
+            if terminal is not None:
+                terminal.close()
         if json_output:
             typer.echo(json.dumps({"kind": "result", **result.to_json()}, sort_keys=True))
         else:
@@ -730,6 +740,147 @@ def logs(
 
         show(runtime, sources, write, follow=follow)
         return 0
+
+    _guarded(body)
+
+
+def _for_run(error: PlanError) -> OrchestrateError:
+    """Return the error that `run` and `shell` raise for a plan problem."""
+    from .plan import ENVIRONMENT_CAUSES
+
+    # For a run, a missing image or runtime is the machine's problem, not the manifest's: exit 4.
+    if all(problem.cause in ENVIRONMENT_CAUSES for problem in error.problems):
+        if all(problem.cause == "image-missing" for problem in error.problems):
+            return ImageMissing(str(error))
+        return EnvironmentProblem(str(error))
+    return error
+
+
+def _terminal_size() -> tuple[int, int] | None:
+    from .terminal import window_size
+
+    return window_size(0)
+
+
+@app.command()
+def shell(
+    command: Annotated[
+        list[str] | None, typer.Argument(help="The command to run instead of the image's shell, after `--`.")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Take the sandbox's settings from this manifest's --agent.")
+    ] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="The agent of --manifest to open.")] = None,
+    source: Annotated[
+        Path | None, typer.Option("--source", help="The folder mounted read-only at /workspace/src; default: here.")
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="The agent profile that sets the image and egress broker; "
+                                                   "default custom.")
+    ] = None,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", help="End the sandbox after this long, such as 90m; default 8h.")
+    ] = None,
+    runs_dir: RunsDirOption = Path("runs"),
+) -> None:
+    """Open a terminal in one hardened sandbox: the source read-only, a fresh workspace, the monitor and audit log.
+
+    Leaving the shell ends the run and removes the container; the workspace is published when the shell exits 0.
+    The exit code is the shell's (or COMMAND's), or 2 invalid options, 3 a violation stopped it, 4 Docker or an
+    image is missing, 130 stopped by a signal or `orchestrate stop`.
+    """
+
+    def body() -> int:
+        from .attach import LocalTerminal
+        from .errors import InputError
+        from .runner import execute, plan_manifest
+        from .shell import SHELL_AGENT, ShellRequest, discard_run_folder, prepare_shell_manifest, shell_exit_code
+
+        if not sys.stdin.isatty():
+            raise InputError("orchestrate shell needs a terminal on standard input; run it from a terminal, or use "
+                             "`orchestrate run` for a batch agent")
+        request = ShellRequest(runs_dir=runs_dir, command=tuple(command or ()), manifest=manifest, agent=agent,
+                               source=source, profile=profile, timeout=timeout)
+        runtime = _runtime()
+        loaded, run_id = prepare_shell_manifest(request, cwd=Path.cwd())
+        try:
+            plan = plan_manifest(loaded, runtime, runs_root=runs_dir, run_id=run_id)
+        except OrchestrateError as exc:
+            discard_run_folder(loaded.path.parent)
+            if isinstance(exc, PlanError):
+                raise _for_run(exc) from exc
+            raise
+        name = plan.agents[0].name if manifest is not None else SHELL_AGENT
+        typer.echo(f"orchestrate: run {plan.run_id}: {plan.source} is read-only at /workspace/src; your workspace "
+                   "is /workspace/output; leave the shell to end the run", err=True)
+        # The run's progress lines would land in the middle of the shell's screen; warnings still show.
+        orchestrator_log = logging.getLogger("orchestrator")
+        if orchestrator_log.level == logging.INFO:
+            orchestrator_log.setLevel(logging.WARNING)
+        terminal = LocalTerminal(name, detach=False)
+        try:
+            result = execute(plan, runtime, terminal_size=_terminal_size(), control_ready=terminal.start)
+        finally:
+            terminal.close()
+        outcome = result.agents[0]
+        typer.echo(f"orchestrate: run {plan.run_id} ended: {outcome.describe()}; its folder is {plan.run_dir}, "
+                   f"its audit log head {result.audit_head}", err=True)
+        return shell_exit_code(result.exit_code, outcome.exit_code, outcome.state)
+
+    _guarded(body)
+
+
+@app.command()
+def attach(
+    run_id: Annotated[str, typer.Argument(help="The run, as `orchestrate status` lists it.", show_default=False)],
+    agent: Annotated[str, typer.Argument(help="The interactive agent to connect to.", show_default=False)],
+    runs_dir: RunsDirOption = Path("runs"),
+) -> None:
+    """Connect this terminal to an interactive agent of a running run; Ctrl-P Ctrl-Q detaches and leaves it running.
+
+    Exit codes: the agent program's exit code when it ends while attached, 0 after a detach, 2 an unknown run or
+    agent, 4 the run is not active.
+    """
+
+    def body() -> int:
+        from .attach import attach_agent
+
+        end = attach_agent(runs_dir, run_id, agent)
+        if end.detached:
+            typer.echo(f"\ndetached from agent {agent}; it keeps running. Attach again with "
+                       f"`orchestrate attach {run_id} {agent} --runs-dir {runs_dir}`", err=True)
+            return 0
+        if end.exit_code is None:
+            typer.echo(f"\nthe run {run_id} ended", err=True)
+            return 0
+        return end.exit_code
+
+    _guarded(body)
+
+
+@app.command("exec")
+def exec_(
+    run_id: Annotated[str, typer.Argument(help="The run, as `orchestrate status` lists it.", show_default=False)],
+    agent: Annotated[str, typer.Argument(help="The running agent to run the command in.", show_default=False)],
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments, after `--`.",
+                                                 show_default=False)],
+    tty: Annotated[
+        bool | None,
+        typer.Option("--tty/--no-tty", help="Give the command a terminal; by default when stdin and stdout are one.",
+                     show_default=False),
+    ] = None,
+    runs_dir: RunsDirOption = Path("runs"),
+) -> None:
+    """Run a command inside a running agent's sandbox, as the agent's user, recorded in the run's audit log.
+
+    Exit codes: the command's own, 1 when it could not run or its end was not seen, 2 an unknown run or agent,
+    4 the run is not active.
+    """
+
+    def body() -> int:
+        from .attach import exec_command
+
+        return exec_command(runs_dir, run_id, agent, command, tty=tty)
 
     _guarded(body)
 

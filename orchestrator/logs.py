@@ -57,7 +57,13 @@ def agent_sources(runtime: DockerRuntime, runs_root: Path, run_id: str, agent: s
         if agent not in names:
             raise InputError(f"run {run_id} has no agent '{agent}'; its agents are: {', '.join(names)}")
         names = [agent]
-    return [AgentSource(name, containers.get(name), run_dir / "agents" / f"{name}.log") for name in names]
+    return [AgentSource(name, containers.get(name), _saved_output(run_dir, name)) for name in names]
+
+
+def _saved_output(run_dir: Path, agent: str) -> Path:
+    # An interactive agent's program writes to its terminal, which the run process copies to this file.
+    terminal = run_dir / "agents" / f"{agent}.terminal.log"
+    return terminal if terminal.is_file() else run_dir / "agents" / f"{agent}.log"
 
 
 def _planned_agents(run_dir: Path) -> list[str]:
@@ -92,7 +98,35 @@ def _pump(agent: str, lines: Iterable[bytes], write: Write) -> None:
 def _lines_of(runtime: DockerRuntime, source: AgentSource, *, follow: bool) -> Iterator[bytes]:
     if source.container_id is None or (not follow and source.saved.is_file()):
         return _saved_lines(source.saved)
+    if source.saved.name.endswith(".terminal.log"):
+        return _growing_file_lines(runtime, source)
     return _engine_lines(runtime, source, follow=follow)
+
+
+def _growing_file_lines(runtime: DockerRuntime, source: AgentSource) -> Iterator[bytes]:
+    """Yield a terminal transcript as it grows, until its container has stopped and the file is quiet."""
+    stopped_at: float | None = None
+    next_check = time.monotonic()
+    with source.saved.open("rb") as transcript:
+        while True:
+            chunk = transcript.read(65536)
+            if chunk:
+                yield chunk
+                continue
+            if stopped_at is None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + STATUS_INTERVAL
+                if not _running(runtime, str(source.container_id)):
+                    stopped_at = time.monotonic()
+            if stopped_at is not None and time.monotonic() - stopped_at >= QUIET_AFTER_STOP:
+                return
+            time.sleep(STATUS_INTERVAL / 5)
+
+
+def _running(runtime: DockerRuntime, container_id: str) -> bool:
+    try:
+        return bool(runtime.client.api.inspect_container(container_id)["State"]["Running"])
+    except Exception:  # noqa: BLE001 - a container that is gone is not running.
+        return False
 
 
 def _saved_lines(path: Path) -> Iterator[bytes]:

@@ -270,6 +270,8 @@ class Agent(Model):
     writes: list[ClaimGlob] = []
     limits: LimitOverrides = LimitOverrides()
     workspace: HostPath | None = Field(default=None, min_length=1)
+    # Run the command in a terminal that `orchestrate run --attach` and `orchestrate attach` connect to.
+    interactive: bool = False
 
     @field_validator("name")
     @classmethod

@@ -26,6 +26,7 @@ from .errors import DockerUnavailable
 from .events import EngineEvent, EventFeed, FeedGap, FeedLost, classify
 from .layout import OUTPUT_TARGET
 from .openfiles import open_for_writing
+from .own_execs import EXEC_ACTIONS, OwnExecs
 from .plan import AgentPlan, RunPlan
 from .posture import posture_drift
 from .runtime import Runtime
@@ -78,6 +79,7 @@ class Monitor:
         self._posture_wakeup = anyio.Event()
         self._feed: EventFeed | None = None
         self._since = time.time()
+        self.own_execs = OwnExecs()
 
     # -- calls from the supervisor -----------------------------------------------------------------------
 
@@ -96,8 +98,20 @@ class Monitor:
     def stopping_all(self) -> None:
         self._stopping.update(self._agents)
 
+    def is_stopping(self, agent: str) -> bool:
+        return agent in self._stopping
+
     def stop_publishing(self, agent: str) -> None:
         self._pending.pop(agent, None)
+
+    def exec_announced(self, agent: str) -> None:
+        """Hold `agent`'s exec events until `exec_created`: the run process is about to create an exec."""
+        self.own_execs.announce(agent)
+
+    def exec_created(self, agent: str, exec_id: str | None) -> None:
+        """Accept the exec `exec_id` as the run's own (None: the create failed); report held foreign ones."""
+        for event in self.own_execs.created(agent, exec_id):
+            self._report(Violation(TAMPERING, agent, event.action, _exec_detail(event), event.to_json()))
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -235,6 +249,9 @@ class Monitor:
             return
         if event.kind == "container" and event.action == "die":
             self._seen_exit.add(agent)
+        exec_event = event.kind == "container" and event.action in EXEC_ACTIONS
+        if exec_event and self.own_execs.judge(agent, event) != "foreign":
+            return
         # The orchestrator's own attach and network setup come before the start event in the stream, so the
         # stream's order separates them from anyone else's. The start call may return after its event arrives.
         verdict = classify(event, started=agent in self._seen_start, stopping=agent in self._stopping,
@@ -247,3 +264,8 @@ class Monitor:
             return
         self._report(Violation(TAMPERING, agent, event.action, detail, event.to_json()))
 
+
+def _exec_detail(event: EngineEvent) -> str:
+    # A held exec event is described as `classify` describes any exec it reports.
+    verdict = classify(event, started=True, stopping=False)
+    return verdict[1] if verdict is not None else event.action

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from . import __version__
 from .agent_profile import PROMPT_TARGET, ResolvedAgent, final_command, prompt_env, resolve
 from .errors import PlanError, Problem
+from .interactive import keeper_command, session_command
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
 from .lifeline import wrapped_command
 from .manifest import Agent, Isolation, LoadedManifest, Monitor, Resources, Shutdown
@@ -173,6 +174,8 @@ class AgentPlan(Frozen):
     host_gid: int
     # The agent's private writable source copy, mounted at /workspace/src when the source mode is `copy`.
     source_copy: Path | None = None
+    # For an interactive agent, the exec command that runs its program in a terminal; the container runs a keeper.
+    session_command: tuple[str, ...] | None = None
 
 
 class SharedPlan(Frozen):
@@ -401,6 +404,11 @@ def _agent_plan(
 
     agent_command = final_command(resolved, prompt)
     entrypoint, command = wrapped_command(facts.image_entrypoints.get(image, ()), agent_command)
+    session = None
+    if agent.interactive:
+        # The exec runs what the container would have run: the image's entrypoint, then the command.
+        session = session_command(command)
+        entrypoint, command = wrapped_command((), keeper_command())
     container = ContainerSpec(
         name=f"orchestrate-{run_id}-{agent.name}",
         hostname=agent.name,
@@ -434,6 +442,7 @@ def _agent_plan(
         host_uid=facts.userns_offset + uid,
         host_gid=facts.userns_offset + gid,
         source_copy=source_copy,
+        session_command=session,
     )
 
 

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from .agent_profile import shortened
+from .interactive import session_program
 from .plan import AgentPlan, MountSpec, RunPlan
 from .profiles import Profile
 from .results import RunResult
@@ -88,6 +89,11 @@ def _agent_lines(agent: AgentPlan) -> list[str]:
         f"  isolation {_isolation_text(agent)}",
     ]
     lines.extend(_profile_lines(agent))
+    if agent.session_command is not None:
+        # The keeper script is the container's command; the program runs in a terminal exec after the start.
+        program = shlex.join(session_program(agent.session_command))
+        lines[2] = (f"  command   {program} (interactive: in a terminal that `orchestrate attach` connects to; "
+                    "the container runs a keeper)")
     lines.append("  mounts    " + _mount_line(spec.mounts[0]))
     lines.extend("            " + _mount_line(mount) for mount in spec.mounts[1:])
     if agent.writes:

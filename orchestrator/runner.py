@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -46,8 +47,15 @@ def execute(
     handle_signals: bool = True,
     listener: Listener | None = None,
     table: LiveTable | None = None,
+    terminal_size: tuple[int, int] | None = None,
+    control_ready: Callable[[Path], None] | None = None,
 ) -> RunResult:
-    """Run every agent of `plan` to completion, timeout, violation or interruption."""
+    """Run every agent of `plan` to completion, timeout, violation or interruption.
+
+    `control_ready` is called on the run's event loop with the control socket's path once it accepts
+    connections. `terminal_size` (rows, columns) is the first size of interactive agents' terminals.
+    """
     supervisor = Supervisor(plan, runtime, dict(os.environ), grace=grace, handle_signals=handle_signals,
-                            listener=listener or ignore, table=table)
+                            listener=listener or ignore, table=table, terminal_size=terminal_size,
+                            control_ready=control_ready)
     return anyio.run(supervisor.run)

@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from . import workspace
 from .activity import Activity, Listener, ignore
 from .audit import AuditLog
+from .control import ControlServer
 from .errors import DockerUnavailable, OrchestrateError
 from .limits import is_dropped_limit, limit_problem
 from .liveview import AgentRow, LiveTable, elapsed
@@ -37,6 +38,7 @@ from .run_copies import prepare_run_copies, snapshot_run
 from .runtime import Lifeline, Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
 from .runtime.inspection import security_summary
+from .sessions import SessionHost, SessionRefused
 from .shutdown import DEFAULT_GRACE, stop_all, stop_container
 from .status import RunLock
 from .violations import Violation
@@ -62,6 +64,8 @@ class Supervisor:
         handle_signals: bool = True,
         listener: Listener = ignore,
         table: LiveTable | None = None,
+        terminal_size: tuple[int, int] | None = None,
+        control_ready: Callable[[Path], None] | None = None,
     ) -> None:
         self.plan = plan
         self.runtime = runtime
@@ -93,6 +97,10 @@ class Supervisor:
         self._stop_done = anyio.Event()
         self._first_started = anyio.Event()
         self._background: anyio.abc.TaskGroup | None = None
+        # `orchestrate exec` and `attach` reach the run through this socket; only this process creates execs.
+        self.sessions = SessionHost(plan, runtime, self.workers, self.monitor, audit=self._audit,
+                                    containers=self._containers, terminal_size=terminal_size)
+        self.control = ControlServer(plan.run_dir, self.sessions, audit=self._audit, ready=control_ready)
 
     def _audit(self, kind: str, **fields: object) -> None:
         if self._log is None:
@@ -121,6 +129,7 @@ class Supervisor:
         log.info("run %s started with %d agent%s in %s", self.plan.run_id, count, "" if count == 1 else "s",
                  self.plan.run_dir)
 
+        await self.control.open()
         async with anyio.create_task_group() as outer:
             self._background = outer
             if self.handle_signals:
@@ -128,6 +137,8 @@ class Supervisor:
                 await outer.start(self._watch_signals)
             # The first scan and every watch are in place before any agent starts writing.
             await outer.start(self.monitor.run)
+            await outer.start(self.sessions.run)
+            await outer.start(self.control.serve)
             if self.table is not None:
                 outer.start_soon(self.table.run, self.snapshot)
             try:
@@ -309,7 +320,21 @@ class Supervisor:
         log.info("agent %s started in container %s", agent.name, self._containers[agent.name][:12])
         self._notify(Activity("agent-started", agent.name, f"started in container {self._containers[agent.name][:12]}"))
 
-        return await self._verify_limits(agent, result)
+        if not await self._verify_limits(agent, result):
+            return False
+        return agent.session_command is None or await self._open_terminal(agent, result)
+
+    async def _open_terminal(self, agent: AgentPlan, result: AgentResult) -> bool:
+        """Start an interactive agent's program in its terminal; stop the agent when that fails."""
+        container_id = self._containers[agent.name]
+        try:
+            await self.sessions.open_interactive(agent, container_id)
+        except (RuntimeFailure, ContainerGone, DockerUnavailable, SessionRefused) as exc:
+            result.fail("error", f"the agent's terminal could not be opened: {exc}")
+            self.monitor.stopping(agent.name)
+            await stop_container(self.runtime, self.workers, container_id, grace=0, force=self.force)
+            return False
+        return True
 
     async def _verify_limits(self, agent: AgentPlan, result: AgentResult) -> bool:
         """Read the cgroup back; stop the agent at once when a limit is not in force."""

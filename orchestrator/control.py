@@ -1,0 +1,140 @@
+"""The control socket of a running `orchestrate run`: where `exec` and `attach` reach the run process.
+
+The socket is `runs/<run-id>/control/orchestrate.sock`, in a folder of mode
+0700, with mode 0600, owned by the invoking user, and removed when the run
+ends. Besides the file modes, each connection's peer uid (SO_PEERCRED) must be
+the run's own uid or root. A connection that breaks the protocol gets an ERROR
+frame and is closed; no client can end the run or its other sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute, TaskStatus
+
+from .control_protocol import (
+    ERROR,
+    HELLO,
+    ProtocolError,
+    bind_address,
+    decode_json,
+    encode_json,
+    parse_request,
+    peer_credentials,
+    socket_path,
+)
+from .errors import DockerUnavailable, EnvironmentProblem
+from .relay import ClientChannel, Peer
+from .runtime.docker import ContainerGone, RuntimeFailure
+from .sessions import Audit, SessionHost, SessionRefused
+
+log = logging.getLogger(__name__)
+
+# Seconds a new connection has to send its request.
+HELLO_TIMEOUT = 10.0
+
+
+class ControlServer:
+    def __init__(
+        self,
+        run_dir: Path,
+        sessions: SessionHost,
+        *,
+        audit: Audit,
+        ready: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.path = socket_path(run_dir)
+        self._sessions = sessions
+        self._audit = audit
+        self._ready = ready
+        self._listener: anyio.abc.SocketListener | None = None
+
+    async def open(self) -> None:
+        """Create the socket; raise EnvironmentProblem when that fails.
+
+        Called before the run's task group starts, so the error reaches the user as itself
+        rather than inside an exception group.
+        """
+        try:
+            self._listener = await self._listen()
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"cannot create the run's control socket {self.path} ({exc.strerror or exc}); check that the runs "
+                "folder is a local folder that you can write"
+            ) from exc
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Accept connections on the socket from `open` until cancelled, then remove it."""
+        if self._listener is None:
+            raise RuntimeError("ControlServer.serve called before open")
+        try:
+            async with self._listener, anyio.create_task_group() as group:
+                task_status.started()
+                if self._ready is not None:
+                    self._ready(self.path)
+                await self._listener.serve(self._handle, task_group=group)
+        finally:
+            try:
+                self.path.unlink()
+                self.path.parent.rmdir()
+            except OSError as exc:
+                log.debug("removing the control socket %s failed: %s", self.path, exc)
+
+    async def _listen(self) -> anyio.abc.SocketListener:
+        # The folder is private before the socket exists, so no other user can reach it between bind and chmod.
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.path.parent, 0o700)
+        address, folder = bind_address(self.path)
+        try:
+            return await anyio.create_unix_listener(address, mode=0o600)
+        finally:
+            if folder is not None:
+                os.close(folder)
+
+    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            pid, uid, gid = peer_credentials(stream.extra(SocketAttribute.raw_socket))
+            peer = Peer(pid=pid, uid=uid, gid=gid)
+            channel = ClientChannel(stream)
+            if uid not in (os.getuid(), 0):
+                self._audit("control-rejected", who=peer.to_json(), reason="the peer's uid is not the run's")
+                log.warning("rejected a control connection from pid %d, uid %d: not the run's user", pid, uid)
+                await channel.send(encode_json(ERROR, {"error": "permission denied: this run belongs to another user"}))
+                return
+            try:
+                await self._serve_request(channel, peer)
+            except ProtocolError as exc:
+                log.warning("a control client (pid %d) broke the protocol: %s", pid, exc)
+                self._audit("control-error", who=peer.to_json(), error=str(exc))
+                await channel.send(encode_json(ERROR, {"error": f"invalid request: {exc}"}))
+            except SessionRefused as exc:
+                await channel.send(encode_json(ERROR, {"error": str(exc), "exit_code": exc.exit_code}))
+            except (RuntimeFailure, ContainerGone, DockerUnavailable) as exc:
+                log.warning("a control request of pid %d failed: %s", pid, exc)
+                await channel.send(encode_json(ERROR, {"error": str(exc)}))
+            except Exception as exc:  # noqa: BLE001 - one client's failure must never end the run.
+                log.exception("a control request of pid %d failed unexpectedly", pid)
+                await channel.send(encode_json(ERROR, {"error": f"internal error in the run process: {exc!r}"}))
+
+    async def _serve_request(self, channel: ClientChannel, peer: Peer) -> None:
+        frame = None
+        with anyio.move_on_after(HELLO_TIMEOUT) as timer:
+            frame = await channel.receive()
+        if timer.cancelled_caught:
+            raise ProtocolError(f"no request arrived within {HELLO_TIMEOUT:g} s")
+        if frame is None:
+            return
+        kind, payload = frame
+        if kind != HELLO:
+            raise ProtocolError(f"the first frame must be a request ({HELLO!r}), not {kind!r}")
+        request = parse_request(decode_json(kind, payload))
+        if request.action == "exec":
+            await self._sessions.run_exec(request, channel, peer)
+        else:
+            await self._sessions.attach(request, channel, peer)

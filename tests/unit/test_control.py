@@ -1,0 +1,104 @@
+"""The control server alone: its socket's modes and lifetime, and what it does with bad requests."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import pytest
+
+from orchestrator.control import ControlServer
+from orchestrator.control_protocol import ERROR, EXIT, HELLO, FrameBuffer, Request, encode, encode_json
+from orchestrator.errors import EnvironmentProblem
+from orchestrator.relay import ClientChannel, Peer
+from orchestrator.sessions import SessionHost, SessionRefused
+
+
+class RecordingSessions:
+    """A stand-in for SessionHost that records requests and ends each exec with exit code 0."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[Request, Peer]] = []
+
+    async def run_exec(self, request: Request, channel: ClientChannel, peer: Peer) -> None:
+        if request.agent == "ghost":
+            raise SessionRefused("run has no agent ghost", exit_code=2)
+        self.requests.append((request, peer))
+        await channel.send(encode_json(EXIT, {"exit_code": 0}))
+
+    async def attach(self, request: Request, channel: ClientChannel, peer: Peer) -> None:
+        raise AssertionError("no attach expected")
+
+
+def exchange(path: Path, data: bytes) -> list[tuple[bytes, dict[str, Any]]]:
+    """Send `data` to the socket and return the JSON frames of the reply, until the server closes."""
+    frames: list[tuple[bytes, dict[str, Any]]] = []
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.settimeout(10)
+        connection.connect(str(path))
+        connection.sendall(data)
+        buffer = FrameBuffer()
+        while chunk := connection.recv(65536):
+            frames.extend((kind, json.loads(payload)) for kind, payload in buffer.feed(chunk))
+    return frames
+
+
+def serve_and(run_dir: Path, act: Any, audit: list[tuple[str, dict[str, Any]]]) -> RecordingSessions:
+    sessions = RecordingSessions()
+    server = ControlServer(run_dir, cast(SessionHost, sessions),
+                           audit=lambda kind, **fields: audit.append((kind, fields)))
+
+    async def main() -> None:
+        await server.open()
+        async with anyio.create_task_group() as group:
+            await group.start(server.serve)
+            await anyio.to_thread.run_sync(act, server.path)
+            group.cancel_scope.cancel()
+
+    anyio.run(main)
+    return sessions
+
+
+def test_socket_is_private_and_removed(tmp_path: Path) -> None:
+    modes: dict[str, int] = {}
+
+    def look(path: Path) -> None:
+        modes["socket"] = stat.S_IMODE(path.stat().st_mode)
+        modes["folder"] = stat.S_IMODE(path.parent.stat().st_mode)
+
+    serve_and(tmp_path, look, [])
+    assert modes == {"socket": 0o600, "folder": 0o700}
+    assert not (tmp_path / "control").exists()
+
+
+def test_bad_requests_get_errors_and_serving_goes_on(tmp_path: Path) -> None:
+    audit: list[tuple[str, dict[str, Any]]] = []
+    replies: list[list[tuple[bytes, dict[str, Any]]]] = []
+    valid = Request("exec", "worker", ("true",), False, None, None)
+
+    def send_all(path: Path) -> None:
+        replies.append(exchange(path, encode(b"Z", b"{}")))
+        replies.append(exchange(path, encode(HELLO, b"[]")))
+        replies.append(exchange(path, encode_json(HELLO, {**valid.to_json(), "agent": "ghost"})))
+        replies.append(exchange(path, encode_json(HELLO, valid.to_json())))
+
+    sessions = serve_and(tmp_path, send_all, audit)
+    assert [kind for kind, _document in replies[0]] == [ERROR]
+    assert "the first frame must be a request" in replies[0][0][1]["error"]
+    assert "not an object" in replies[1][0][1]["error"]
+    assert replies[2] == [(ERROR, {"error": "run has no agent ghost", "exit_code": 2})]
+    assert replies[3] == [(EXIT, {"exit_code": 0})]
+    assert [request for request, _peer in sessions.requests] == [valid]
+    assert [kind for kind, _fields in audit] == ["control-error", "control-error"]
+
+
+def test_unusable_control_folder_is_environment_problem(tmp_path: Path) -> None:
+    (tmp_path / "control").write_text("a file where the folder goes\n", encoding="utf-8")
+    server = ControlServer(tmp_path, cast(SessionHost, RecordingSessions()), audit=lambda kind, **fields: None)
+
+    with pytest.raises(EnvironmentProblem, match="cannot create the run's control socket"):
+        anyio.run(server.open)
