@@ -17,11 +17,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import __version__
-from .errors import PlanError
+from .egress_models import AgentEgress, BrokerPlan
+from .egress_plan import GVISOR_NETWORK_RUNTIME, GVISOR_NETWORK_SETUP, EgressResult, plan_agent_egress, plan_broker
+from .errors import PlanError, Problem
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
 from .lifeline import wrapped_command
-from .manifest import Agent, Isolation, LoadedManifest, Monitor, Resources, Shutdown
+from .manifest import DEFAULT_IMAGE, Agent, Isolation, LoadedManifest, Monitor, Resources, Shutdown
 from .plan_checks import check_paths, isolation_problems
+from .profiles import Profile
 from .seccomp import shipped_profile
 from .violations import full_policy
 
@@ -32,6 +35,10 @@ FALLBACK_GID = 1000
 LABEL_RUN = "orchestrate.run"
 LABEL_AGENT = "orchestrate.agent"
 LABEL_VERSION = "orchestrate.version"
+# Set to "broker" on the egress broker's container and to "egress" on the run's networks.
+LABEL_ROLE = "orchestrate.role"
+# The name of an agent's own egress network: orchestrate-<run>--egress-<agent>.
+EGRESS_NETWORK = re.compile(r"orchestrate-[a-z0-9-]+--egress-[a-z0-9-]+")
 
 # The value of SecuritySpec.seccomp in plans written before orchestrate had its own profile.
 LEGACY_SECCOMP = "default"
@@ -80,7 +87,8 @@ class LimitSpec(Frozen):
 
 
 class SecuritySpec(Frozen):
-    network_mode: Literal["none"] = "none"
+    # "none", or the agent's own internal network to the egress broker; never host, bridge or another container.
+    network_mode: str = "none"
     cap_drop: tuple[str, ...] = ("ALL",)
     cap_add: tuple[str, ...] = ()
     privileged: bool = False
@@ -92,6 +100,13 @@ class SecuritySpec(Frozen):
     seccomp: str = Field(default_factory=lambda: str(shipped_profile().path))
     seccomp_sha256: str | None = Field(default_factory=lambda: shipped_profile().sha256)
     ipc_mode: Literal["private"] = "private"
+
+    @field_validator("network_mode")
+    @classmethod
+    def _own_network_only(cls, value: str) -> str:
+        if value != "none" and not EGRESS_NETWORK.fullmatch(value):
+            raise ValueError(f"network mode {value!r} is not allowed: agents have no network or their own egress one")
+        return value
 
     @field_validator("seccomp")
     @classmethod
@@ -153,6 +168,8 @@ class AgentPlan(Frozen):
     # Host owner of the workspace, so the agent's UID can write it.
     host_uid: int
     host_gid: int
+    # The agent's route out through the egress broker; None for network none.
+    egress: AgentEgress | None = None
 
 
 class SharedPlan(Frozen):
@@ -175,6 +192,8 @@ class RunPlan(Frozen):
     policy: dict[str, str] = {}
     monitor: Monitor = Monitor()
     shutdown: Shutdown = Shutdown()
+    # The egress broker; None when no agent has network access.
+    broker: BrokerPlan | None = None
 
 
 # Pattern of a run id given on the command line: the shape new_run_id makes, never with '/' or '..'.
@@ -194,6 +213,7 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
 
     problems = []
     agents = []
+    weakenings: list[str] = []
     for index, agent in enumerate(manifest.agents):
         image = agent.image or manifest.defaults.image
         if image not in facts.images:
@@ -223,6 +243,18 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
         isolation = agent.isolation or manifest.defaults.isolation
         problems.extend(isolation_problems(loaded, facts, index=index, isolation=isolation, pids=limits.pids))
 
+        network = plan_agent_egress(loaded, index, _profile(agent.profile), environment=facts.environment,
+                                    run_id=run_id)
+        problems.extend(network.problems)
+        weakenings.extend(network.weakenings)
+        if network.egress is not None and isolation == "gvisor" and GVISOR_NETWORK_RUNTIME not in facts.runtimes:
+            problems.append(loaded.problem(
+                ("agents", index, "isolation") if agent.isolation else ("defaults", "isolation"),
+                f"isolation gvisor with network allowlist needs the engine runtime {GVISOR_NETWORK_RUNTIME}, which "
+                f"is not registered; {GVISOR_NETWORK_SETUP}",
+                cause="runtime-missing",
+            ))
+
         env_names = tuple(dict.fromkeys([*manifest.defaults.env, *agent.env]))
         for name in env_names:
             if name not in facts.environment:
@@ -251,8 +283,10 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
                 **agent.limits.model_dump(exclude_none=True),
             }),
             output=paths.output,
+            network=network,
         ))
 
+    broker = _broker(loaded, facts, run_id, agents, problems)
     problems.extend(paths.problems)
     if problems:
         # Agents that share the default image would each report the same missing image.
@@ -273,7 +307,30 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
         policy=full_policy(manifest.policy),
         monitor=manifest.monitor,
         shutdown=manifest.shutdown,
+        broker=broker,
+        weakenings=tuple(weakenings),
     )
+
+
+def _profile(name: str) -> Profile:
+    # TODO: load agents/<name>.yaml once the profile loader lands; only `custom` exists until then.
+    return Profile(name=name, description="no preset: the manifest gives the image and command")
+
+
+def _broker(loaded: LoadedManifest, facts: HostFacts, run_id: str, agents: list[AgentPlan],
+            problems: list[Problem]) -> BrokerPlan | None:
+    """Plan the egress broker when any agent has network access; it runs from the base image."""
+    if not any(agent.egress is not None for agent in agents):
+        return None
+    image_id = facts.images.get(DEFAULT_IMAGE)
+    if image_id is None:
+        problems.append(loaded.problem(
+            ("broker",), f"the egress broker runs from {DEFAULT_IMAGE}, which is not on this machine; build it "
+                         "with `orchestrate images build`",
+            cause="image-missing",
+        ))
+    labels = {LABEL_RUN: run_id, LABEL_ROLE: "broker", LABEL_VERSION: __version__}
+    return plan_broker(loaded, run_id=run_id, image=DEFAULT_IMAGE, image_id=image_id, labels=labels)
 
 
 def _resources(defaults: Resources, agent: Agent) -> Resources:
@@ -304,6 +361,7 @@ def _agent_plan(
     timeout: float,
     publish_limits: PublishLimitSpec,
     output: Path,
+    network: EgressResult,
 ) -> AgentPlan:
     if facts.uid == 0:
         uid, gid = FALLBACK_UID, FALLBACK_GID
@@ -342,10 +400,11 @@ def _agent_plan(
         user=f"{uid}:{gid}",
         workdir=agent.workdir,
         env_names=env_names,
-        fixed_env={"HOME": HOME_TARGET, "ORCHESTRATE_RUN": run_id, "ORCHESTRATE_AGENT": agent.name},
+        fixed_env={**network.env, "HOME": HOME_TARGET, "ORCHESTRATE_RUN": run_id, "ORCHESTRATE_AGENT": agent.name},
         mounts=tuple(mounts),
         limits=limits,
-        runtime=RUNTIMES[isolation],
+        security=SecuritySpec(network_mode="none" if network.egress is None else network.egress.network),
+        runtime=_runtime(isolation, network.egress),
         labels={LABEL_RUN: run_id, LABEL_AGENT: agent.name, LABEL_VERSION: __version__},
     )
     return AgentPlan(
@@ -360,7 +419,14 @@ def _agent_plan(
         publish_limits=publish_limits,
         host_uid=facts.userns_offset + uid,
         host_gid=facts.userns_offset + gid,
+        egress=network.egress,
     )
+
+
+def _runtime(isolation: Isolation, egress: AgentEgress | None) -> str:
+    if egress is not None and isolation == "gvisor":
+        return GVISOR_NETWORK_RUNTIME
+    return RUNTIMES[isolation]
 
 
 def container_environment(spec: ContainerSpec, environment: dict[str, str]) -> dict[str, str]:

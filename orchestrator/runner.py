@@ -10,7 +10,7 @@ import anyio
 from .activity import Listener, ignore
 from .errors import InputError
 from .liveview import LiveTable
-from .manifest import LoadedManifest
+from .manifest import DEFAULT_IMAGE, LoadedManifest
 from .plan import RunPlan, build_plan, new_run_id
 from .results import RunResult
 from .runtime import Runtime
@@ -25,7 +25,8 @@ def plan_manifest(
     if runs_root.exists() and not runs_root.is_dir():
         raise InputError(f"--runs-dir {runs_root} is a file, not a folder; give a folder for the run folders")
     manifest = loaded.manifest
-    images = sorted({agent.image or manifest.defaults.image for agent in manifest.agents})
+    # The base image is looked up too, because the egress broker runs from it.
+    images = sorted({DEFAULT_IMAGE, *(agent.image or manifest.defaults.image for agent in manifest.agents)})
     facts = runtime.host_facts(images, dict(os.environ))
     plan = build_plan(
         loaded,
