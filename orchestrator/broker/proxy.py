@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config import AgentConfig, ApiRoute, BrokerConfig
+from .dns import serve_dns
 from .http import (
     CHUNK_BYTES,
     CREDENTIAL_HEADERS,
@@ -88,8 +89,11 @@ async def resolve_addresses(host: str, port: int) -> list[IPAddress]:
 
 
 class Broker:
-    def __init__(self, config: BrokerConfig, emit: Emit, *, resolve: Resolve = resolve_addresses) -> None:
+    def __init__(self, config: BrokerConfig, emit: Emit, *, resolve: Resolve = resolve_addresses,
+                 answer_dns: bool = True) -> None:
         self.config = config
+        self._answer_dns = answer_dns
+        self._resolvers: list[asyncio.DatagramTransport] = []
         self._emit = emit
         self._resolve = resolve
         self._states = {agent.name: AgentState(agent) for agent in config.agents}
@@ -102,6 +106,10 @@ class Broker:
                 self._handler(agent.name), host=agent.address, port=self.config.port, limit=MAX_HEAD_BYTES,
             )
             self._servers.append(server)
+            if self._answer_dns:
+                transport = await serve_dns(agent.name, agent.address, self._emit)
+                if transport is not None:
+                    self._resolvers.append(transport)
         self._emit({"event": "ready", "port": self.config.port, "agents": [a.name for a in self.config.agents]})
 
     def listening_port(self, index: int = 0) -> int:
@@ -111,6 +119,8 @@ class Broker:
     def close(self) -> None:
         for server in self._servers:
             server.close()
+        for transport in self._resolvers:
+            transport.close()
         for state in self._states.values():
             for writer in list(state.writers):
                 writer.close()

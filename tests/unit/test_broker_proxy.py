@@ -105,7 +105,7 @@ async def harness() -> AsyncIterator[HarnessFactory]:
         upstream.port = server.sockets[0].getsockname()[1]
         events: list[dict[str, Any]] = []
         config = BrokerConfig(port=0, agents=(agent_config(upstream.port, **changes),))
-        broker = Broker(config, events.append, resolve=fake_resolve)
+        broker = Broker(config, events.append, resolve=fake_resolve, answer_dns=False)
         await broker.start()
         brokers.append(broker)
         return Harness(broker, upstream, events)
