@@ -126,6 +126,13 @@ class HostPolicy:
             return Decision(False, f"{entry} is not on the allowlist")
         return Decision(True, f"{entry} is allowed")
 
+    def check_route(self, host: str, port: int) -> Decision:
+        """Decide on an API upstream: the operator named it, so it needs no allow entry, but deny still wins."""
+        decision = self.check_host(host, port)
+        if decision.allowed or "not on the allowlist" not in decision.reason:
+            return decision
+        return Decision(True, f"{normalize_host(host)}:{port} is an API upstream")
+
     def check_addresses(self, host: str, port: int, addresses: list[IPAddress]) -> Decision:
         """Decide on the addresses a name resolved to: all must be routable unless the entry opts in."""
         entry = f"{normalize_host(host)}:{port}"

@@ -247,7 +247,8 @@ class Broker:
                     writer: asyncio.StreamWriter) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Check, resolve, check again and connect; on refusal answer the agent and return None."""
         hosts = state.config.hosts
-        decision = hosts.check_host(host, port)
+        # An API request goes to its configured upstream, so only a tunnel's target needs an allow entry.
+        decision = hosts.check_route(host, port) if exchange.kind == "api" else hosts.check_host(host, port)
         if decision.allowed:
             try:
                 addresses = await asyncio.wait_for(self._resolve(host, port), CONNECT_TIMEOUT)

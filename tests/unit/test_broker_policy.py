@@ -118,3 +118,9 @@ def test_split_host_port_forms() -> None:
         split_host_port("api.example.test")
     with pytest.raises(ValueError, match="port"):
         split_host_port("api.example.test:70000")
+
+
+def test_api_route_needs_no_allow_entry_but_deny_wins() -> None:
+    assert policy([]).check_route("api.example.test", 443).allowed
+    assert not policy([], deny=["api.example.test"]).check_route("api.example.test", 443).allowed
+    assert not policy([]).check_route("10.0.0.7", 443).allowed
