@@ -304,7 +304,8 @@ def started_run_dir(project: Project) -> Path:
 
 def test_broker_stopped_cuts_agent_off(project: Project, upstream: Upstream) -> None:
     shutil.copy(SCRIPTS / "egress_probe.py", project.source / "egress_probe.py")
-    settings = {"failures": 10, "direct": [f"{upstream.allowed_ip}:{MOCK_PORT}"]}
+    # Each failed call waits for the resolver's timeout on the broker's name, so three are enough.
+    settings = {"failures": 3, "direct": [f"{upstream.allowed_ip}:{MOCK_PORT}"]}
     manifest = project.manifest([egress_agent(upstream, "loop", settings)], broker=broker_settings(upstream),
                                 policy={"broker-failure": "warn"})
     process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json", env=key_environment())
@@ -326,7 +327,7 @@ def test_broker_stopped_cuts_agent_off(project: Project, upstream: Upstream) -> 
     outcomes = read_json(run_dir / "agents" / "caller" / "egress.json")
     assert 200 in outcomes["outcomes"]
     # After the kill, every call failed until the agent gave up: no other route took over.
-    assert outcomes["outcomes"][-10:] == [0] * 10, outcomes
+    assert outcomes["outcomes"][-3:] == [0] * 3, outcomes
     assert all(item.startswith("error") for item in outcomes["direct_after"])
     failures = [record for record in audit_records(run_dir, "violation") if record["violation"] == "broker-failure"]
     assert len(failures) == 1, stderr
