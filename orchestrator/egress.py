@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -55,7 +56,7 @@ class BrokerInput(Protocol):
 
 @runtime_checkable
 class NetworkRuntime(Protocol):
-    """What the broker needs from the container engine beyond the agents' runtime calls."""
+    """The container engine calls that the broker needs beyond the agents' runtime calls."""
 
     def create(self, spec: ContainerSpec, environment: dict[str, str], *, dns: tuple[str, ...] = (),
                network: str | None = None, sysctls: dict[str, str] | None = None) -> Created: ...
@@ -150,6 +151,7 @@ class EgressBroker:
 
     async def start(self, group: anyio.abc.TaskGroup) -> None:
         """Set up the networks and the broker, send its configuration and wait for it to be ready."""
+        started = time.monotonic()
         try:
             await self.workers.call(self._create)
             group.start_soon(self._follow)
@@ -165,7 +167,8 @@ class EgressBroker:
         if self._error is not None or not self._is_ready:
             reason = self._error or f"it did not report ready within {READY_TIMEOUT:g} s"
             raise BrokerStartError(f"the egress broker did not start: {reason}")
-        log.info("egress broker %s ready for %s", (self.container_id or "")[:12], ", ".join(self.agents))
+        log.info("egress broker %s ready for %s in %.2f s", (self.container_id or "")[:12], ", ".join(self.agents),
+                 time.monotonic() - started)
 
     # -- setup, in a worker thread ------------------------------------------------------------------------
 
@@ -267,7 +270,7 @@ class EgressBroker:
         try:
             anyio.from_thread.run_sync(self._ended)
         except RuntimeError:
-            # The event loop has already finished: the run is over, and nobody waits for this report.
+            # The event loop has already finished: the run is over, and no task waits for this report.
             log.debug("the egress broker's output ended after the run")
 
     def _line(self, line: bytes) -> None:

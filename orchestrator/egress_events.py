@@ -22,8 +22,10 @@ def audit_fields(event: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {"agent": printable(str(event.get("agent", "")))[:63]}
     for key in REQUEST_FIELDS:
         value = event.get(key)
+        if isinstance(value, str):
+            value = printable(value)[:512]
         # "kind" names the audit record itself, so the request's kind (connect or api) is its "route".
-        fields["route" if key == "kind" else key] = printable(value)[:512] if isinstance(value, str) else value
+        fields["route" if key == "kind" else key] = value
     return fields
 
 

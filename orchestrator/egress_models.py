@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 # The name agents reach the broker by, on each agent's own network, and its port.
 BROKER_ALIAS = "orchestrate-broker"
 BROKER_PORT = 3128
-# What a CLI that insists on an API key gets instead of one.
+# The value a CLI that insists on an API key gets instead of one.
 PLACEHOLDER_KEY = "orchestrate-placeholder-not-a-key"
 
 

@@ -57,7 +57,7 @@ class Egress(EgressModel):
 
 
 class SecretSource(EgressModel):
-    """Where the orchestrator reads a secret: a variable of its own environment, or a file."""
+    """A secret's source: a variable of the orchestrator's own environment, or a file."""
 
     env: str | None = Field(default=None, pattern=SECRET_NAME.pattern)
     file: str | None = Field(default=None, min_length=1)
@@ -86,8 +86,8 @@ class Broker(EgressModel):
     # bridge: the broker reaches the internet through Docker's default NAT. internal: a network with no
     # route off the machine, holding only containers that the user attaches, such as a test's mock servers.
     upstream_network: Literal["bridge", "internal"] = "bridge"
-    # With `internal`, the name of an existing Docker network to use as the upstream side (it must be
-    # internal); without it the run creates an empty internal network.
+    # With `internal`, the name of an existing internal Docker network to use as the upstream side.
+    # Without it, the run creates an empty internal network.
     upstream_network_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     # Per agent: requests, and bytes in both directions, before the broker refuses more.
     max_requests: int = Field(default=DEFAULT_MAX_REQUESTS, ge=1, le=10**9)

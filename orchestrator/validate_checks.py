@@ -116,11 +116,11 @@ def _network_checks(inspect: dict[str, Any], spec: ContainerSpec | None) -> list
     # A container created with networking disabled has no endpoint, not even one on "none" (Docker 20.10).
     attached = sorted(name for name in (networks or {}) if name != "none") if isinstance(networks, dict | None) else [
         f"invalid value {networks!r}"]
-    wanted = [] if expected == "none" else [expected]
+    expected_networks = [] if expected == "none" else [expected]
     return [
         _check("network mode", "inspect", expected, repr(mode) if not isinstance(mode, str) else mode,
                mode == expected),
-        _check("attached networks", "inspect", expected, ", ".join(attached) or "none", attached == wanted),
+        _check("attached networks", "inspect", expected, ", ".join(attached) or "none", attached == expected_networks),
     ]
 
 

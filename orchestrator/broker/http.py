@@ -32,9 +32,9 @@ class RequestHead:
     headers: list[tuple[str, str]]
 
     def header(self, name: str) -> str | None:
-        wanted = name.lower()
+        lowered = name.lower()
         for key, value in self.headers:
-            if key.lower() == wanted:
+            if key.lower() == lowered:
                 return value
         return None
 

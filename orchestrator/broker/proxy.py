@@ -67,7 +67,7 @@ class AgentState:
 
 @dataclass
 class Exchange:
-    """What one request did, reported when it ends."""
+    """The record of one request, reported when it ends."""
 
     agent: str
     kind: str
@@ -205,17 +205,17 @@ class Broker:
         if state.bytes >= config.max_bytes:
             self._limit(state, "bytes", state.bytes, config.max_bytes)
 
-    def _limit(self, state: AgentState, which: str, value: int, maximum: int, *, cut: bool = False) -> None:
-        state.exhausted = which
+    def _limit(self, state: AgentState, limit_name: str, value: int, maximum: int, *, cut: bool = False) -> None:
+        state.exhausted = limit_name
         if not state.limit_reported:
             state.limit_reported = True
-            self._emit({"event": "limit", "agent": state.config.name, "limit": which, "value": value,
+            self._emit({"event": "limit", "agent": state.config.name, "limit": limit_name, "value": value,
                         "max": maximum})
         if cut:
             # The byte limit is used up, so every stream still open is cut, not only the one that crossed it.
             for writer in list(state.writers):
                 writer.close()
-        raise LimitReached(f"the egress {which} limit of {maximum} is reached")
+        raise LimitReached(f"the egress {limit_name} limit of {maximum} is reached")
 
     def _report(self, state: AgentState, exchange: Exchange) -> None:
         if state.limit_reported and exchange.status == 429:
@@ -245,7 +245,7 @@ class Broker:
 
     async def _open(self, state: AgentState, exchange: Exchange, host: str, port: int, *, tls: bool,
                     writer: asyncio.StreamWriter) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        """Check, resolve, check again and connect; on refusal answer the agent and return None."""
+        """Check, resolve, check again and connect; on refusal send the agent an error response and return None."""
         hosts = state.config.hosts
         # An API request goes to its configured upstream, so only a tunnel's target needs an allow entry.
         decision = hosts.check_route(host, port) if exchange.kind == "api" else hosts.check_host(host, port)
@@ -403,10 +403,10 @@ class Broker:
         raw = await asyncio.wait_for(read_head(upstream), IDLE_TIMEOUT)
         status, headers, status_line = parse_status_head(raw)
         exchange.status = status
-        # The broker closes the agent's connection after each response, and says so.
-        kept = [(name, value) for name, value in headers
-                if name.lower() not in HOP_BY_HOP or name.lower() == "transfer-encoding"]
-        kept.append(("Connection", "close"))
-        await self._send(state, exchange, writer, render_head(status_line, kept), outbound=False)
+        # The broker closes the agent's connection after each response, so it sends Connection: close.
+        forwarded = [(name, value) for name, value in headers
+                     if name.lower() not in HOP_BY_HOP or name.lower() == "transfer-encoding"]
+        forwarded.append(("Connection", "close"))
+        await self._send(state, exchange, writer, render_head(status_line, forwarded), outbound=False)
         # The body passes through as it arrives, so server-sent events stream; the upstream closes at its end.
         await self._pipe(state, exchange, upstream, writer, outbound=False)

@@ -100,7 +100,7 @@ def test_name_resolving_to_private_address_rejected() -> None:
     assert "10.0.0.7" in decision.reason
 
 
-def test_name_resolving_to_private_address_allowed_with_opt_in() -> None:
+def test_private_address_allowed_with_opt_in() -> None:
     hosts = policy([], private=["mock-api:8080"])
 
     assert hosts.check_addresses("mock-api", 8080, [ipaddress.ip_address("172.20.0.5")]).allowed
@@ -120,7 +120,7 @@ def test_split_host_port_forms() -> None:
         split_host_port("api.example.test:70000")
 
 
-def test_api_route_needs_no_allow_entry_but_deny_wins() -> None:
+def test_api_route_skips_allowlist_not_deny() -> None:
     assert policy([]).check_route("api.example.test", 443).allowed
     assert not policy([], deny=["api.example.test"]).check_route("api.example.test", 443).allowed
     assert not policy([]).check_route("10.0.0.7", 443).allowed

@@ -25,7 +25,7 @@ LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
 @dataclass
 class Upstream:
-    """A mock model API: it records every request head and body and answers with a streamed body."""
+    """A mock model API: it records every request head and body and responds with a streamed body."""
 
     port: int = 0
     heads: list[bytes] = field(default_factory=list)

@@ -26,7 +26,7 @@ def call_api(path: str = "/v1/messages") -> dict[str, object]:
         os.environ["ANTHROPIC_BASE_URL"] + path, data=b'{"prompt": "hello"}', method="POST",
         headers={"x-api-key": os.environ.get("ANTHROPIC_API_KEY", "none"), "Content-Type": "application/json"},
     )
-    # The base URL is reached directly, as NO_PROXY says; a proxy handler would only add a detour.
+    # The base URL is reached directly, as NO_PROXY sets; a proxy handler would only add a detour.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=5) as response:
