@@ -197,6 +197,26 @@ def plan(
 
 
 @app.command()
+def agents(json_output: JsonOption = False) -> None:
+    """List the agent profiles a manifest can name with `profile:`: image, network, hosts and secrets."""
+    _options["json"] = json_output
+
+    def body() -> int:
+        from .profiles import list_profiles
+        from .render import agents_text
+
+        profiles = list_profiles()
+        if json_output:
+            records = [{**profile.model_dump(mode="json"), "secrets": profile.secrets} for profile in profiles]
+            typer.echo(json.dumps(records, indent=2))
+        else:
+            typer.echo(agents_text(profiles))
+        return 0
+
+    _guarded(body)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of the manifest."""
 
@@ -477,12 +497,24 @@ def images_build(
         str | None, typer.Option("--mirror", help="Debian mirror URL for the offline bootstrap.")
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Rebuild every layer.")] = False,
+    profiles: Annotated[
+        list[str] | None,
+        typer.Option("--profile", help="Also build the image of this agent profile, such as claude-code; repeatable."),
+    ] = None,
+    all_profiles: Annotated[
+        bool, typer.Option("--all-profiles", help="Also build the image of every agent profile that has one.")
+    ] = False,
 ) -> None:
-    """Build the sandbox images. Without --pull, a missing base image is bootstrapped offline."""
+    """Build the sandbox images. Without --pull, a missing base image is bootstrapped offline.
+
+    Profile images are built only when asked for: their packages are fetched on this machine with
+    npm or pip first, so their RUN steps need no network.
+    """
 
     def body() -> int:
         from .errors import InputError
         from .images import build_all
+        from .profile_images import build_profile_images, profile_images
 
         if offline and pull:
             raise InputError("--offline and --pull exclude each other; choose one")
@@ -495,6 +527,9 @@ def images_build(
         built = build_all(runtime.client, mode=mode, mirror=mirror, no_cache=no_cache)
         for tag in built:
             typer.echo(f"built {tag}")
+        wanted = sorted(profile_images()) if all_profiles else list(dict.fromkeys(profiles or []))
+        for image in build_profile_images(runtime.client, wanted, no_cache=no_cache):
+            typer.echo(f"built {image.tag} in {image.seconds:.0f} s, {image.size / 1e6:.0f} MB")
         return 0
 
     _guarded(body)

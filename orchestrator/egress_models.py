@@ -14,8 +14,6 @@ from pydantic import BaseModel, ConfigDict
 # The name agents reach the broker by, on each agent's own network, and its port.
 BROKER_ALIAS = "orchestrate-broker"
 BROKER_PORT = 3128
-# The value a CLI that insists on an API key gets instead of one.
-PLACEHOLDER_KEY = "orchestrate-placeholder-not-a-key"
 
 
 class EgressFrozen(BaseModel):

@@ -16,7 +16,6 @@ from pathlib import Path
 from .egress_models import (
     BROKER_ALIAS,
     BROKER_PORT,
-    PLACEHOLDER_KEY,
     AgentEgress,
     ApiPlan,
     BrokerPlan,
@@ -25,7 +24,7 @@ from .egress_models import (
 from .errors import Problem
 from .manifest import Agent, LoadedManifest
 from .manifest_egress import ApiOverride
-from .profiles import ModelApi, Profile
+from .profiles import PLACEHOLDER_KEY, ModelApi, Profile
 
 # The runtime that runs a gVisor agent on a Docker network: runsc with --network=host, which uses the
 # container's own network namespace (gVisor's own network stack cannot start on every machine).

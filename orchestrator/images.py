@@ -83,7 +83,7 @@ def build_all(
 
     built = []
     for recipe in RECIPES:
-        _build(client, recipe, network_off=offline, no_cache=no_cache)
+        build_recipe(client, recipe, network_off=offline, no_cache=no_cache)
         built.append(recipe.tag)
     return built
 
@@ -123,10 +123,19 @@ def bootstrap_base(client: docker.DockerClient, tag: str, *, mirror: str | None)
             )
 
 
-def _build(client: docker.DockerClient, recipe: ImageRecipe, *, network_off: bool, no_cache: bool) -> None:
-    log.info("building %s from %s", recipe.tag, recipe.context)
+def build_recipe(
+    client: docker.DockerClient,
+    recipe: ImageRecipe,
+    *,
+    network_off: bool,
+    no_cache: bool,
+    context: Path | None = None,
+) -> None:
+    """Build one image from `context`, the recipe's folder unless a prepared copy of it is given."""
+    folder = context or recipe.context
+    log.info("building %s from %s", recipe.tag, folder)
     stream = client.api.build(
-        path=str(recipe.context),
+        path=str(folder),
         tag=recipe.tag,
         rm=True,
         forcerm=True,

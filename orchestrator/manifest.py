@@ -251,13 +251,22 @@ class Source(Model):
     mode: Literal["read-only"] = "read-only"
 
 
+class PromptFile(Model):
+    """A prompt read from a file, relative to the manifest's folder."""
+
+    file: HostPath = Field(min_length=1)
+
+
 class Agent(Model):
     name: str
     profile: str = "custom"
     description: str | None = None
     image: ImageReference | None = None
     isolation: Isolation | None = None
-    command: Annotated[list[str], BeforeValidator(_split_command)] = Field(min_length=1)
+    # Optional when the profile gives a command template; the manifest's command replaces the profile's.
+    command: Annotated[list[str] | None, BeforeValidator(_split_command)] = Field(default=None, min_length=1)
+    # The task for the agent's CLI: text, or {file: path}. The profile sets how it reaches the CLI.
+    prompt: str | PromptFile | None = None
     workdir: str = "/workspace/output"
     env: list[EnvName] = []
     resources: ResourceOverrides = ResourceOverrides()
@@ -300,7 +309,9 @@ class Agent(Model):
 
     @field_validator("command")
     @classmethod
-    def _non_empty_words(cls, value: list[str]) -> list[str]:
+    def _non_empty_words(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
         if not value or not value[0].strip():
             raise ValueError("command is empty; give the program to run, such as [python3, app.py]")
         if any("\x00" in word for word in value):
@@ -432,9 +443,21 @@ def parse_manifest(document: yamlsource.LocatedDocument, file_label: str) -> Man
         problems.sort(key=lambda problem: (problem.line or 0, problem.field))
         raise ManifestError(problems) from None
 
+    problems.extend(_profile_problems(manifest, document, file_label))
     if problems:
         raise ManifestError(problems)
     return manifest
+
+
+def _profile_problems(manifest: Manifest, document: yamlsource.LocatedDocument, file_label: str) -> list[Problem]:
+    """Check each agent against its profile: the command, the prompt and variables the profile withholds."""
+    from .agent_profile import agent_problems
+
+    problems = []
+    for index in range(len(manifest.agents)):
+        for field_path, message in agent_problems(manifest, index):
+            problems.append(Problem(file_label, document.line_of(field_path), render_path(field_path), message))
+    return problems
 
 
 def _duplicate_problems(data: dict[str, Any], document: yamlsource.LocatedDocument, file_label: str) -> list[Problem]:

@@ -17,14 +17,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import __version__
+from .agent_profile import PROMPT_TARGET, ResolvedAgent, final_command, prompt_env, resolve
 from .egress_models import AgentEgress, BrokerPlan
 from .egress_plan import GVISOR_NETWORK_RUNTIME, GVISOR_NETWORK_SETUP, EgressResult, plan_agent_egress, plan_broker
 from .errors import PlanError, Problem
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
 from .lifeline import wrapped_command
 from .manifest import DEFAULT_IMAGE, Agent, Isolation, LoadedManifest, Monitor, Resources, Shutdown
-from .plan_checks import check_paths, isolation_problems
-from .profiles import Profile
+from .plan_checks import check_paths, isolation_problems, read_prompt
+from .profiles import PLACEHOLDER_KEY, ModelApi
 from .seccomp import shipped_profile
 from .violations import full_policy
 
@@ -155,9 +156,24 @@ class PublishLimitSpec(Frozen):
     max_files: int
 
 
+class AgentNeeds(Frozen):
+    """Requirements of the agent's profile beyond the container: its route out, model APIs and known limits."""
+
+    # The profile's network; the container's own setting is SecuritySpec.network_mode.
+    network: Literal["none", "allowlist"] = "none"
+    hosts: tuple[str, ...] = ()
+    # Each API names its secret's variable only; the value is never part of a plan.
+    apis: tuple[ModelApi, ...] = ()
+    known_limits: tuple[str, ...] = ()
+
+
 class AgentPlan(Frozen):
     name: str
     profile: str
+    needs: AgentNeeds = AgentNeeds()
+    # The prompt text, and the host file it is written to when the container reads it as a file.
+    prompt: str | None = None
+    prompt_file: Path | None = None
     isolation: Isolation = "runc"
     container: ContainerSpec
     workspace: Path
@@ -215,16 +231,15 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
     agents = []
     weakenings: list[str] = []
     for index, agent in enumerate(manifest.agents):
-        image = agent.image or manifest.defaults.image
+        resolved = resolve(agent, manifest.defaults.image)
+        image = resolved.image
         if image not in facts.images:
             raise AssertionError(f"facts hold no entry for image {image}")
         if facts.images[image] is None:
-            problems.append(loaded.problem(
-                ("agents", index, "image") if agent.image else ("defaults", "image"),
-                f"image {image} is not on this machine; build it with `orchestrate images build`"
-                " or pull it with `docker pull`",
-                cause="image-missing",
-            ))
+            problems.append(_missing_image(loaded, index, resolved))
+
+        prompt, prompt_problems = read_prompt(loaded, index, resolved)
+        problems.extend(prompt_problems)
 
         for volume in facts.image_volumes.get(image, ()):
             problems.append(loaded.problem(
@@ -243,7 +258,7 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
         isolation = agent.isolation or manifest.defaults.isolation
         problems.extend(isolation_problems(loaded, facts, index=index, isolation=isolation, pids=limits.pids))
 
-        network = plan_agent_egress(loaded, index, _profile(agent.profile), environment=facts.environment,
+        network = plan_agent_egress(loaded, index, resolved.profile, environment=facts.environment,
                                     run_id=run_id)
         problems.extend(network.problems)
         weakenings.extend(network.weakenings)
@@ -265,6 +280,8 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
 
         agents.append(_agent_plan(
             agent,
+            resolved=resolved,
+            prompt=prompt,
             image=image,
             image_id=facts.images[image],
             isolation=isolation,
@@ -312,9 +329,18 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
     )
 
 
-def _profile(name: str) -> Profile:
-    # TODO: load agents/<name>.yaml once the profile loader lands; only `custom` exists until then.
-    return Profile(name=name, description="no preset: the manifest gives the image and command")
+def _missing_image(loaded: LoadedManifest, index: int, resolved: ResolvedAgent) -> Problem:
+    agent = loaded.manifest.agents[index]
+    fix = "build it with `orchestrate images build` or pull it with `docker pull`"
+    if agent.image:
+        field_path: tuple[str | int, ...] = ("agents", index, "image")
+    elif resolved.profile.image:
+        # No registry publishes the profile images; they are built here from pinned packages.
+        field_path = ("agents", index, "profile")
+        fix = f"build it with `orchestrate images build --profile {resolved.profile.name}`"
+    else:
+        field_path = ("defaults", "image")
+    return loaded.problem(field_path, f"image {resolved.image} is not on this machine; {fix}", cause="image-missing")
 
 
 def _broker(loaded: LoadedManifest, facts: HostFacts, run_id: str, agents: list[AgentPlan],
@@ -346,6 +372,8 @@ def _limits(defaults: Resources, agent: Agent) -> LimitSpec:
 def _agent_plan(
     agent: Agent,
     *,
+    resolved: ResolvedAgent,
+    prompt: str | None,
     image: str,
     image_id: str | None,
     isolation: Isolation,
@@ -388,8 +416,27 @@ def _agent_plan(
         MountSpec(type="tmpfs", target=HOME_TARGET, read_only=False, size=resources.home,
                   purpose="home directory for tool configuration"),
     ]
+    profile = resolved.profile
+    mounts.extend(
+        MountSpec(type="tmpfs", target=folder, read_only=False, size=resources.home,
+                  purpose=f"state folder of the {profile.name} CLI, sized like the home directory")
+        for folder in profile.config_dirs
+    )
+    prompt_file = None
+    if prompt is not None and resolved.uses_prompt_file():
+        prompt_file = run_dir / "prompts" / f"{agent.name}.txt"
+        mounts.append(MountSpec(type="bind", source=str(prompt_file), target=PROMPT_TARGET, read_only=True,
+                                purpose="the prompt, read-only"))
 
-    entrypoint, command = wrapped_command(facts.image_entrypoints.get(image, ()), tuple(agent.command))
+    fixed_env = dict(profile.env)
+    fixed_env.update({name: PLACEHOLDER_KEY for api in profile.apis for name in api.placeholder_env})
+    fixed_env.update(prompt_env(resolved, prompt))
+    # The variables that point the CLI at the broker, and placeholders for the APIs the manifest adds.
+    fixed_env.update(network.env)
+    fixed_env.update({"HOME": HOME_TARGET, "ORCHESTRATE_RUN": run_id, "ORCHESTRATE_AGENT": agent.name})
+
+    agent_command = final_command(resolved, prompt)
+    entrypoint, command = wrapped_command(facts.image_entrypoints.get(image, ()), agent_command)
     container = ContainerSpec(
         name=f"orchestrate-{run_id}-{agent.name}",
         hostname=agent.name,
@@ -400,7 +447,7 @@ def _agent_plan(
         user=f"{uid}:{gid}",
         workdir=agent.workdir,
         env_names=env_names,
-        fixed_env={**network.env, "HOME": HOME_TARGET, "ORCHESTRATE_RUN": run_id, "ORCHESTRATE_AGENT": agent.name},
+        fixed_env=fixed_env,
         mounts=tuple(mounts),
         limits=limits,
         security=SecuritySpec(network_mode="none" if network.egress is None else network.egress.network),
@@ -410,6 +457,10 @@ def _agent_plan(
     return AgentPlan(
         name=agent.name,
         profile=agent.profile,
+        needs=AgentNeeds(network=profile.network, hosts=tuple(profile.hosts), apis=tuple(profile.apis),
+                         known_limits=tuple(profile.limits)),
+        prompt=prompt,
+        prompt_file=prompt_file,
         isolation=isolation,
         container=container,
         workspace=workspace,

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .agent_profile import MAX_PROMPT
 from .claims import find_overlaps
 from .errors import Problem
 from .hostpaths import home_directories, is_within, scan_source, sensitive_reason, writable_reason
 from .layout import STATE_FOLDER
 
 if TYPE_CHECKING:
+    from .agent_profile import ResolvedAgent
     from .manifest import LoadedManifest
     from .plan import HostFacts
 
@@ -208,3 +210,36 @@ def isolation_problems(
             f"before the agent runs; set pids to {GVISOR_MIN_PIDS} or more",
         ))
     return problems
+
+
+def read_prompt(loaded: LoadedManifest, index: int, resolved: ResolvedAgent) -> tuple[str | None, list[Problem]]:
+    """Return the agent's prompt text, read from its file when it names one, and the problems found."""
+    from .agent_profile import prompt_text_problems
+    from .manifest import PromptFile
+
+    prompt = loaded.manifest.agents[index].prompt
+    if not isinstance(prompt, PromptFile):
+        return prompt, []
+
+    field_path: tuple[str | int, ...] = ("agents", index, "prompt", "file")
+    path = resolve(loaded.base_dir, prompt.file)
+    try:
+        with path.open("rb") as handle:
+            # One byte past the limit is enough to tell that a file is too large.
+            raw = handle.read(MAX_PROMPT + 1)
+        text = raw.decode("utf-8")
+    except FileNotFoundError:
+        return None, [loaded.problem(field_path, f"prompt file {_shown(prompt.file, path)} does not exist; "
+                                     "create it or fix the path")]
+    except IsADirectoryError:
+        return None, [loaded.problem(field_path, f"{_shown(prompt.file, path)} is a folder; name the prompt file")]
+    except OSError as exc:
+        return None, [loaded.problem(field_path, f"cannot read prompt file {_shown(prompt.file, path)}: "
+                                     f"{exc.strerror}")]
+    except UnicodeDecodeError as exc:
+        return None, [loaded.problem(field_path, f"prompt file {_shown(prompt.file, path)} is not UTF-8 text "
+                                     f"(byte {exc.start}); save it as UTF-8")]
+
+    problems = [loaded.problem(field_path, message)
+                for _, message in prompt_text_problems(text, resolved, field_path)]
+    return (None if problems else text), problems

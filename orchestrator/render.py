@@ -6,7 +6,9 @@ import os
 import shlex
 from pathlib import Path
 
+from .agent_profile import shortened
 from .plan import AgentPlan, MountSpec, RunPlan
+from .profiles import Profile
 from .results import RunResult
 from .units import format_duration, format_size
 
@@ -73,7 +75,7 @@ def _agent_lines(agent: AgentPlan) -> list[str]:
     lines = [
         f"agent {agent.name} (profile {agent.profile})",
         f"  image     {spec.image}{image_id}",
-        f"  command   {shlex.join(spec.command)}",
+        f"  command   {_command_text(agent)}",
         f"  wrapper   {spec.entrypoint[0]} as {spec.entrypoint[-1]}: ends the agent if orchestrate dies; "
         f"init {'on' if spec.init else 'off'}",
         f"  user      {spec.user}, workdir {spec.workdir}",
@@ -85,6 +87,7 @@ def _agent_lines(agent: AgentPlan) -> list[str]:
         f"  seccomp   {_seccomp_text(agent)}",
         f"  isolation {_isolation_text(agent)}",
     ]
+    lines.extend(_profile_lines(agent))
     lines.extend(_egress_lines(agent))
     lines.append("  mounts    " + _mount_line(spec.mounts[0]))
     lines.extend("            " + _mount_line(mount) for mount in spec.mounts[1:])
@@ -110,6 +113,56 @@ def _egress_lines(agent: AgentPlan) -> list[str]:
         lines.append(f"  api       {api.name}: ${api.base_url_env} -> {api.upstream}, the broker adds {api.header} "
                      f"from {secret.source()}{placeholder}")
     return lines
+
+
+def _command_text(agent: AgentPlan) -> str:
+    """Show the command with the prompt text shortened, since a prompt can run to pages."""
+    words = agent.container.command
+    if agent.prompt:
+        words = tuple(word.replace(agent.prompt, shortened(agent.prompt, 40)) for word in words)
+    return shlex.join(words)
+
+
+def _profile_lines(agent: AgentPlan) -> list[str]:
+    """Describe the prompt, the route out the profile requests, its model APIs and its known limits."""
+    lines = []
+    needs = agent.needs
+    if agent.prompt is not None:
+        where = f", mounted read-only from {_shown(agent.prompt_file)}" if agent.prompt_file else ""
+        lines.append(f"  prompt    {shortened(agent.prompt)!r} ({len(agent.prompt.encode())} bytes){where}")
+    if agent.egress is not None:
+        # The egress lines show the resolved hosts and APIs, manifest overrides included.
+        needs = needs.model_copy(update={"network": "none", "apis": ()})
+    if needs.network == "allowlist":
+        hosts = ", ".join(needs.hosts) or "no host besides its model APIs"
+        lines.append(f"  egress    the profile asks for allowlist ({hosts}), but the container has network none: "
+                     "model requests fail")
+    for api in needs.apis:
+        lines.append(f"  api       {api.name}: {api.base_url_env} -> {api.upstream}; the broker adds "
+                     f"{api.secret} as {api.header}, the agent holds a placeholder")
+    for limit in needs.known_limits:
+        lines.append(f"  limit     {limit}")
+    return lines
+
+
+def agents_text(profiles: list[Profile]) -> str:
+    """List the agent profiles as a table with one row per profile."""
+    rows = [("NAME", "IMAGE", "NETWORK", "HOSTS", "SECRETS", "DESCRIPTION")]
+    for profile in profiles:
+        rows.append((
+            profile.name,
+            profile.image or "(manifest's)",
+            profile.network,
+            ", ".join(profile.hosts) or "-",
+            ", ".join(profile.secrets) or "-",
+            profile.description,
+        ))
+    columns = len(rows[0]) - 1
+    widths = [max(len(row[column]) for row in rows) for column in range(columns)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:columns], widths, strict=True)) + "  " + row[columns]
+        for row in rows
+    )
 
 
 def _seccomp_text(agent: AgentPlan) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import anyio
 
 from .activity import Listener, ignore
+from .agent_profile import agent_image
 from .errors import InputError
 from .liveview import LiveTable
 from .manifest import DEFAULT_IMAGE, LoadedManifest
@@ -26,7 +27,7 @@ def plan_manifest(
         raise InputError(f"--runs-dir {runs_root} is a file, not a folder; give a folder for the run folders")
     manifest = loaded.manifest
     # The base image is looked up too, because the egress broker runs from it.
-    images = sorted({DEFAULT_IMAGE, *(agent.image or manifest.defaults.image for agent in manifest.agents)})
+    images = sorted({DEFAULT_IMAGE, *(agent_image(agent, manifest.defaults.image) for agent in manifest.agents)})
     facts = runtime.host_facts(images, dict(os.environ))
     plan = build_plan(
         loaded,

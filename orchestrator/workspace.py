@@ -46,6 +46,7 @@ def prepare(plan: RunPlan) -> None:
         (plan.run_dir / "agents").mkdir(parents=True, exist_ok=False, mode=0o700)
         for agent in plan.agents:
             _prepare_workspace(agent)
+            _write_prompt(agent)
         plan.output.mkdir(parents=True, exist_ok=True)
         make_shared_folder(plan.output / STATE_FOLDER)
     except OSError as exc:
@@ -60,6 +61,16 @@ def _prepare_workspace(agent: AgentPlan) -> None:
     if os.getuid() == 0:
         os.chown(agent.workspace, agent.host_uid, agent.host_gid)
     os.chmod(agent.workspace, 0o700)
+
+
+def _write_prompt(agent: AgentPlan) -> None:
+    """Write the prompt file that the agent's container mounts read-only; others of the run do not see it."""
+    if agent.prompt_file is None or agent.prompt is None:
+        return
+    agent.prompt_file.parent.mkdir(mode=0o755, exist_ok=True)
+    agent.prompt_file.write_text(agent.prompt, encoding="utf-8")
+    # Readable by the agent's UID, which may differ from orchestrate's; the prompt is no secret.
+    os.chmod(agent.prompt_file, 0o444)
 
 
 def scan(root: Path) -> WorkspaceScan:

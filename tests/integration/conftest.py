@@ -153,6 +153,14 @@ def project(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Proj
 
 
 @pytest.fixture(scope="session")
+def standin_image(docker_client: docker.DockerClient) -> str:
+    """The tag of the test image whose claude, copilot, codex and aider are the stand-in CLI."""
+    from .standin import ensure_standin_image
+
+    return ensure_standin_image(docker_client)
+
+
+@pytest.fixture(scope="session")
 def canary(docker_client: docker.DockerClient) -> Iterator[str]:
     """Start the canary server on an internal network of the test's own; yield its address."""
     labels = {TEST_LABEL: "canary"}

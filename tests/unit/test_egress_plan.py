@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from orchestrator.broker.dns import RCODE_REFUSED, query_name, refusal
-from orchestrator.egress_models import PLACEHOLDER_KEY
 from orchestrator.errors import ManifestError, PlanError
 from orchestrator.plan import HostFacts, RunPlan, SecuritySpec
+from orchestrator.profiles import PLACEHOLDER_KEY
 from orchestrator.render import plan_text
 from tests.unit.conftest import agent, manifest_data
 

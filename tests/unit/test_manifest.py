@@ -270,7 +270,7 @@ BAD_MANIFESTS = [
     ),
     pytest.param(
         VALID + "    profile: claude  #<\n",
-        "agents[0].profile: unknown profile 'claude'; use one of: custom",
+        "agents[0].profile: unknown profile 'claude'; use one of: aider, claude-code, codex, copilot, custom",
         id="unknown-profile",
     ),
     pytest.param(
