@@ -305,3 +305,34 @@ def test_network_connect_is_tampering(project: Project, upstream: MockUpstream) 
     assert process.returncode == 3, result
     assert result["stopped_by"]["kind"] in ("tampering", "posture-drift")
     assert "network" in result["stopped_by"]["detail"]
+
+
+def test_cleanup_removes_broker_and_networks(project: Project, upstream: MockUpstream) -> None:
+    shutil.copy(SCRIPTS / "egress_probe.py", project.source / "egress_probe.py")
+    manifest = project.manifest([egress_agent(upstream, "loop", {"failures": 3}, timeout="90s")],
+                                broker=broker_settings(upstream))
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json", env=key_environment())
+    try:
+        run_dir = started_run_dir(project)
+        wait_for_path(run_dir / "agents" / "caller" / "first-ok")
+        broker = broker_of(project.client, run_dir.name)
+        process.kill()
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    # The broker's input closed with orchestrate, so it exits by itself: the agents lose their route.
+    end = time.monotonic() + 20
+    while time.monotonic() < end and broker.status != "exited":
+        time.sleep(0.2)
+        broker.reload()
+    assert broker.status == "exited"
+    assert run_networks(project.client, run_dir.name)
+
+    completed = project.orchestrate("cleanup", run_dir.name, "--runs-dir", str(project.runs))
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "removed network" in completed.stdout
+    assert run_networks(project.client, run_dir.name) == []
+    assert project.containers() == []
