@@ -47,7 +47,7 @@ API_OF_PROFILE = {"claude-code": "anthropic", "copilot": "openai", "codex": "ope
 
 
 def test_each_profile_template_runs_standin(project: Project, standin_image: str, mock_upstream: MockUpstream) -> None:
-    # Each stand-in reads its prompt, calls its base URL with the placeholder key and writes a file; the broker
+    # Each stand-in reads its prompt, calls its base URL with the placeholder key and writes a file. The broker
     # adds the real key and sends the call to the test's mock API instead of the real one.
     keys = {
         "ANTHROPIC_API_KEY": f"sk-ant-test-{secrets.token_hex(8)}",
