@@ -212,9 +212,9 @@ class DockerRuntime:
     # -- networks and the broker's channels ---------------------------------------------------------------
 
     def create_network(self, name: str, *, internal: bool, labels: dict[str, str]) -> str:
-        # On an internal network Docker 20.10 still gives the host's bridge the gateway address, and the host
-        # answers there: a container could reach every service the host listens on. inhibit_ipv4 leaves the
-        # bridge without an address, so an internal network reaches only its own containers.
+        # On an internal network, Docker 20.10 still gives the host's bridge the gateway address. The host accepts
+        # connections there, so a container could reach every service the host listens on. inhibit_ipv4 leaves
+        # the bridge without an address, so an internal network reaches only its own containers.
         options = {"com.docker.network.bridge.inhibit_ipv4": "true"} if internal else None
         with _translated(f"create network {name}"):
             response = self._api.create_network(name, driver="bridge", internal=internal, labels=labels,
