@@ -28,6 +28,8 @@ NetworkMode = Literal["none", "allowlist"]
 def _check_host_port(value: object) -> object:
     if isinstance(value, str) and not HOST_PORT.fullmatch(value.lower()):
         raise ValueError(f"invalid host:port '{value}'; write a DNS name with its port, such as api.example.com:443")
+    if isinstance(value, str) and not 0 < int(value.rpartition(":")[2]) < 65536:
+        raise ValueError(f"invalid port in '{value}'; use a port from 1 to 65535")
     return value.lower() if isinstance(value, str) else value
 
 

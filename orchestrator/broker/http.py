@@ -14,6 +14,9 @@ HOP_BY_HOP = frozenset({
 })
 # Headers that carry credentials in the APIs the profiles name; the broker drops what an agent sends.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key"})
+# Not passed on: the broker sends the body without waiting, so an interim 100 Continue would only be relayed
+# as if it were the response.
+HELD_BACK_HEADERS = frozenset({"expect"})
 REASONS = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests",
     502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",

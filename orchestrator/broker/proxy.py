@@ -23,6 +23,7 @@ from .dns import serve_dns
 from .http import (
     CHUNK_BYTES,
     CREDENTIAL_HEADERS,
+    HELD_BACK_HEADERS,
     HOP_BY_HOP,
     MAX_HEAD_BYTES,
     BadRequest,
@@ -353,7 +354,7 @@ class Broker:
         return route, f"/{rest}{query}"
 
     def _upstream_head(self, head: RequestHead, route: ApiRoute, rest: str) -> bytes:
-        dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | {"host", route.header.lower()}
+        dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | HELD_BACK_HEADERS | {"host", route.header.lower()}
         headers = [(name, value) for name, value in head.headers if name.lower() not in dropped]
         host = route.host if route.port in (80, 443) else f"{route.host}:{route.port}"
         headers.append(("Host", host))

@@ -254,3 +254,13 @@ async def test_header_smuggling_rejected(harness: HarnessFactory) -> None:
 
     assert response.startswith(b"HTTP/1.1 400")
     assert test.upstream.heads == []
+
+
+@pytest.mark.anyio
+async def test_expect_header_not_forwarded(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    await test.request(b"POST /anthropic/v1 HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi")
+
+    assert b"expect" not in test.upstream.heads[0].lower()
+    assert test.upstream.bodies == [b"hi"]

@@ -167,13 +167,14 @@ def test_new_api_needs_every_field(
         plan_for(data, facts=with_key(make_facts))
 
 
-@pytest.mark.parametrize("entry", ["10.0.0.1", "api.example.test", "https://api.example.test:443", "*.x.test:443"])
+@pytest.mark.parametrize("entry", ["10.0.0.1", "api.example.test", "https://api.example.test:443", "*.x.test:443",
+                                   "api.example.test:0", "api.example.test:70000"])
 def test_invalid_allow_entry_rejected(
     load_data: Callable[[dict[str, Any]], Any], source_dir: Path, entry: str
 ) -> None:
     data = manifest_data(source_dir, agents=[allowlist_agent(egress={"allow": [entry]})])
 
-    with pytest.raises(ManifestError, match="invalid host:port"):
+    with pytest.raises(ManifestError, match="invalid (host:port|port)"):
         load_data(data)
 
 
