@@ -284,3 +284,20 @@ def test_agents_json_names_secrets() -> None:
     records = {record["name"]: record for record in json.loads(result.output)}
     assert records["codex"]["secrets"] == ["OPENAI_API_KEY"]
     assert records["custom"]["network"] == "none"
+
+
+def test_claude_example_manifest_plans(make_facts: Callable[..., HostFacts], fake_home: Path,
+                                       runs_root: Path) -> None:
+    from orchestrator.manifest import load_manifest
+    from orchestrator.plan import build_plan
+
+    example = Path(__file__).resolve().parents[2] / "configs" / "claude-code.example.yaml"
+    loaded = load_manifest(example)
+
+    plan = build_plan(loaded, make_facts(images=dict(IMAGES), cpu_count=2), runs_root=runs_root, run_id=RUN_ID)
+
+    assert [agent.profile for agent in plan.agents] == ["claude-code", "claude-code"]
+    reviewer = plan.agents[1]
+    assert reviewer.prompt is not None
+    assert reviewer.prompt.startswith("Review the error handling")
+    assert agent_command(reviewer)[-1] == reviewer.prompt
