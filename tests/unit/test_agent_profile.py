@@ -294,9 +294,12 @@ def test_claude_example_manifest_plans(make_facts: Callable[..., HostFacts], fak
     example = Path(__file__).resolve().parents[2] / "configs" / "claude-code.example.yaml"
     loaded = load_manifest(example)
 
-    plan = build_plan(loaded, make_facts(images=dict(IMAGES), cpu_count=2), runs_root=runs_root, run_id=RUN_ID)
+    facts = make_facts(images=dict(IMAGES), cpu_count=2, environment=dict(KEYS))
+    plan = build_plan(loaded, facts, runs_root=runs_root, run_id=RUN_ID)
 
     assert [agent.profile for agent in plan.agents] == ["claude-code", "claude-code"]
+    assert plan.broker is not None
+    assert all(agent.egress is not None for agent in plan.agents)
     reviewer = plan.agents[1]
     assert reviewer.prompt is not None
     assert reviewer.prompt.startswith("Review the error handling")
