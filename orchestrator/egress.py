@@ -42,6 +42,7 @@ MAX_LOGGED_LINES = 20
 
 EventHandler = Callable[[dict[str, Any]], None]
 ExitHandler = Callable[[str], None]
+CreatedHandler = Callable[[str], None]
 
 
 class BrokerStartError(EnvironmentProblem):
@@ -119,7 +120,7 @@ def read_secret(secret: SecretPlan, environment: dict[str, str]) -> str:
 
 class EgressBroker:
     def __init__(self, plan: RunPlan, runtime: NetworkRuntime, workers: Workers, environment: dict[str, str], *,
-                 on_event: EventHandler, on_exit: ExitHandler) -> None:
+                 on_event: EventHandler, on_exit: ExitHandler, on_created: CreatedHandler | None = None) -> None:
         assert plan.broker is not None
         self.plan = plan
         self.broker = plan.broker
@@ -128,6 +129,7 @@ class EgressBroker:
         self.environment = environment
         self._on_event = on_event
         self._on_exit = on_exit
+        self._on_created = on_created
         self.container_id: str | None = None
         # The broker's address on each agent's network, which is also that agent's DNS server.
         self.addresses: dict[str, str] = {}
@@ -192,6 +194,9 @@ class EgressBroker:
         created = self.runtime.create(broker_spec(broker), {}, network=broker.upstream_network,
                                       sysctls={"net.ipv4.ip_unprivileged_port_start": "53"})
         self.container_id = created.container_id
+        if self._on_created is not None:
+            # Called in this thread before the start, so the monitor sees every engine event of the broker.
+            self._on_created(created.container_id)
         for agent in self.plan.agents:
             if agent.egress is not None:
                 self.runtime.connect(created.container_id, agent.egress.network, aliases=[broker.alias])

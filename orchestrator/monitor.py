@@ -91,6 +91,8 @@ class Monitor:
 
     def stopping_all(self) -> None:
         self._stopping.update(self._agents)
+        # Watched containers that are no agent, such as the egress broker.
+        self._stopping.update(self.containers)
 
     def stop_publishing(self, agent: str) -> None:
         self._pending.pop(agent, None)

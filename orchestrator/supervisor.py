@@ -50,6 +50,8 @@ EVIDENCE_DEADLINE = 120.0
 WAIT_RECONNECT_ATTEMPTS = 30
 LIMIT_READ_ATTEMPTS = 3
 LIMIT_READ_RETRY = 0.1
+# The name the monitor reports the egress broker's container under; no agent name can contain a space.
+BROKER_WATCH_NAME = "egress broker"
 # Denied requests of one agent that become violations; later ones are only audited.
 MAX_DENIED_VIOLATIONS = 20
 
@@ -216,8 +218,12 @@ class Supervisor:
         if not isinstance(self.runtime, NetworkRuntime):
             self._egress_error = "this container runtime cannot create networks for the egress broker"
             return
-        self._egress = EgressBroker(self.plan, self.runtime, self.workers, self.environment,
-                                    on_event=self._on_egress_event, on_exit=self._on_broker_exit)
+        self._egress = EgressBroker(
+            self.plan, self.runtime, self.workers, self.environment, on_event=self._on_egress_event,
+            on_exit=self._on_broker_exit,
+            # Watched like an agent's container: an exec into the broker, which holds the keys, is tampering.
+            on_created=lambda container_id: self.monitor.container_created(BROKER_WATCH_NAME, container_id),
+        )
         try:
             await self._egress.start(self._background)
         except (BrokerStartError, DockerUnavailable) as exc:

@@ -255,8 +255,9 @@ def test_broker_stopped_cuts_agent_off(project: Project, upstream: MockUpstream)
     shutil.copy(SCRIPTS / "egress_probe.py", project.source / "egress_probe.py")
     # Each failed call waits for the resolver's timeout on the broker's name, so three are enough.
     settings = {"failures": 3, "direct": [f"{upstream.allowed_ip}:{MOCK_PORT}"]}
+    # Warn only, so the run goes on and the agent's calls after the kill can be seen.
     manifest = project.manifest([egress_agent(upstream, "loop", settings)], broker=broker_settings(upstream),
-                                policy={"broker-failure": "warn"})
+                                policy={"broker-failure": "warn", "tampering": "warn"})
     process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json", env=key_environment())
     try:
         run_dir = started_run_dir(project)
@@ -278,8 +279,11 @@ def test_broker_stopped_cuts_agent_off(project: Project, upstream: MockUpstream)
     # After the kill, every call failed until the agent gave up: no other route took over.
     assert outcomes["outcomes"][-3:] == [0] * 3, outcomes
     assert all(item.startswith("error") for item in outcomes["direct_after"])
-    failures = [record for record in audit_records(run_dir, "violation") if record["violation"] == "broker-failure"]
+    violations = audit_records(run_dir, "violation")
+    failures = [record for record in violations if record["violation"] == "broker-failure"]
     assert len(failures) == 1, stderr
+    # The kill came from outside orchestrate, so it is tampering with the broker as well.
+    assert any(record["violation"] == "tampering" and record["agent"] == "egress broker" for record in violations)
     assert result["agents"][0]["state"] == "succeeded"
 
 
@@ -305,6 +309,29 @@ def test_network_connect_is_tampering(project: Project, upstream: MockUpstream) 
     assert process.returncode == 3, result
     assert result["stopped_by"]["kind"] in ("tampering", "posture-drift")
     assert "network" in result["stopped_by"]["detail"]
+
+
+def test_exec_into_broker_is_tampering(project: Project, upstream: MockUpstream) -> None:
+    shutil.copy(SCRIPTS / "egress_probe.py", project.source / "egress_probe.py")
+    manifest = project.manifest([egress_agent(upstream, "loop", {"failures": 1_000_000}, timeout="90s")],
+                                broker=broker_settings(upstream))
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json", env=key_environment())
+    try:
+        run_dir = started_run_dir(project)
+        wait_for_path(run_dir / "agents" / "caller" / "first-ok")
+
+        # The broker holds the keys: reading its process from an exec is what this catches.
+        broker_of(project.client, run_dir.name).exec_run(["true"])
+        stdout, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    result = run_result(stdout)
+    assert process.returncode == 3, result
+    assert result["stopped_by"]["kind"] == "tampering"
+    assert result["stopped_by"]["agent"] == "egress broker"
+    assert "exec" in result["stopped_by"]["detail"]
 
 
 def test_cleanup_removes_broker_and_networks(project: Project, upstream: MockUpstream) -> None:
