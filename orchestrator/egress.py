@@ -1,11 +1,12 @@
 """Run the egress broker of a run: its networks, its container, its configuration and its event stream.
 
-Order of a start: create the upstream network and one internal network per
-agent with network access, create the broker on the upstream network, connect
-it to each agent network under the alias `orchestrate-broker`, attach to its
-input, start it, read its address on each agent network, then write the
-configuration (secrets included) to its input. The broker answers with a
-`ready` event on its output, which the orchestrator follows for the whole run.
+A start goes in this order. The run creates the upstream network and one
+internal network per agent with network access. It creates the broker on the
+upstream network and connects it to each agent network under the alias
+`orchestrate-broker`. Then it attaches to the broker's input, starts it, reads
+its address on each agent network, and writes the configuration, secrets
+included, to its input. The broker reports a `ready` event on its output,
+which the orchestrator follows for the whole run.
 
 The attach connection stays open as the broker's lifeline: when the
 orchestrator closes it or dies, the broker exits, and the agents behind it have
@@ -195,7 +196,7 @@ class EgressBroker:
                                       sysctls={"net.ipv4.ip_unprivileged_port_start": "53"})
         self.container_id = created.container_id
         if self._on_created is not None:
-            # Called in this thread before the start, so the monitor sees every engine event of the broker.
+            # Called in this thread before the start, so the monitor receives every engine event of the broker.
             self._on_created(created.container_id)
         for agent in self.plan.agents:
             if agent.egress is not None:
