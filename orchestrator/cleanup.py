@@ -36,6 +36,22 @@ def _reason_to_keep(runs_root: Path, run_id: str) -> str | None:
     return None
 
 
+def _remove_networks(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path,
+                     skipped: dict[str, str]) -> list[str]:
+    """Remove the egress networks of the run (or of every dead run), after their containers are gone."""
+    lines = []
+    for name, labels in runtime.list_labelled_networks({LABEL_RUN: run_id}).items():
+        owner_run = str(labels.get(LABEL_RUN))
+        if run_id is None:
+            reason = _reason_to_keep(runs_root, owner_run)
+            if reason is not None:
+                skipped[owner_run] = reason
+                continue
+        runtime.remove_network(name)
+        lines.append(f"removed network {name} (run {owner_run})")
+    return lines
+
+
 def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove_files: bool) -> str:
     """Force-remove the containers of one run, or of every dead run of `runs_root`; return a report."""
     if run_id is not None and not RUN_ID_PATTERN.fullmatch(run_id):
@@ -64,6 +80,7 @@ def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove
         runtime.remove(container_id)
         owner = f"run {owner_run}, agent {labels.get(LABEL_AGENT)}"
         lines.append(f"removed container {container_id[:12]} ({owner})")
+    lines.extend(_remove_networks(runtime, run_id=run_id, runs_root=runs_root, skipped=skipped))
     for skipped_run, reason in sorted(skipped.items()):
         lines.append(f"kept the containers of run {skipped_run}: {reason}")
     if not containers:

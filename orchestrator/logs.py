@@ -43,9 +43,10 @@ def agent_sources(runtime: DockerRuntime, runs_root: Path, run_id: str, agent: s
     if not RUN_ID_PATTERN.fullmatch(run_id):
         raise InputError(f"invalid run id '{run_id}'; copy it from `orchestrate status --runs-dir {runs_root}`")
     run_dir = runs_root / run_id
+    # Only agents: the run's egress broker carries the run label but no agent label.
     containers = {
         (item.get("Labels") or {}).get(LABEL_AGENT, ""): str(item["Id"])
-        for item in runtime.client.api.containers(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+        for item in runtime.client.api.containers(all=True, filters={"label": [f"{LABEL_RUN}={run_id}", LABEL_AGENT]})
     }
     names = sorted(set(containers) | set(_planned_agents(run_dir)))
     if not names:

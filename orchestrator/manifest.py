@@ -26,6 +26,7 @@ from pydantic import (
 from . import yamlsource
 from .claims import check_pattern
 from .errors import ManifestError, Problem
+from .manifest_egress import ApiOverride, Broker, Egress, NetworkMode, SecretSource
 from .manifest_errors import problems_from_validation, render_path
 from .profiles import PROFILE_NAMES
 from .units import parse_duration, parse_size
@@ -199,6 +200,10 @@ class Defaults(Model):
     resources: Resources = Resources()
     timeout: Duration = 30 * 60.0
     env: list[EnvName] = []
+    # Network access of every agent that sets none itself; unset means the profile's, else none.
+    network: NetworkMode | None = None
+    egress: Egress = Egress()
+    secrets: dict[EnvName, SecretSource] = {}
 
 
 ViolationKind = Literal[
@@ -209,6 +214,9 @@ ViolationKind = Literal[
     "tampering",
     "posture-drift",
     "monitor-failure",
+    "egress-denied",
+    "egress-limit",
+    "broker-failure",
 ]
 PolicyAction = Literal["shutdown", "stop-agent", "warn"]
 
@@ -272,6 +280,10 @@ class Agent(Model):
     workspace: HostPath | None = Field(default=None, min_length=1)
     # Run the command in a terminal that `orchestrate run --attach` and `orchestrate attach` connect to.
     interactive: bool = False
+    network: NetworkMode | None = None
+    egress: Egress = Egress()
+    apis: dict[str, ApiOverride] = {}
+    secrets: dict[EnvName, SecretSource] = {}
 
     @field_validator("name")
     @classmethod
@@ -334,10 +346,11 @@ class Manifest(Model):
     limits: Limits = Limits()
     agents: list[Agent] = Field(min_length=1, max_length=500)
     shared: list[SharedPath] = []
-    # What a violation of each kind does; a kind left out stops the whole run.
+    # What a violation of each kind does; a kind left out stops the whole run, except egress-denied (warn).
     policy: dict[ViolationKind, PolicyAction] = {}
     monitor: Monitor = Monitor()
     shutdown: Shutdown = Shutdown()
+    broker: Broker = Broker()
 
     @field_validator("name")
     @classmethod

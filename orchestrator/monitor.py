@@ -97,6 +97,8 @@ class Monitor:
 
     def stopping_all(self) -> None:
         self._stopping.update(self._agents)
+        # Watched containers that are no agent, such as the egress broker.
+        self._stopping.update(self.containers)
 
     def is_stopping(self, agent: str) -> bool:
         return agent in self._stopping

@@ -18,11 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import __version__
 from .agent_profile import PROMPT_TARGET, ResolvedAgent, final_command, prompt_env, resolve
+from .egress_models import AgentEgress, BrokerPlan
+from .egress_plan import GVISOR_NETWORK_RUNTIME, GVISOR_NETWORK_SETUP, EgressResult, plan_agent_egress, plan_broker
 from .errors import PlanError, Problem
 from .interactive import keeper_command, session_command
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
 from .lifeline import wrapped_command
-from .manifest import Agent, Isolation, LoadedManifest, Monitor, Resources, Shutdown
+from .manifest import DEFAULT_IMAGE, Agent, Isolation, LoadedManifest, Monitor, Resources, Shutdown
 from .plan_checks import check_paths, isolation_problems, read_prompt, shared_writable_mounts
 from .profiles import PLACEHOLDER_KEY, ModelApi
 from .seccomp import shipped_profile
@@ -36,6 +38,10 @@ FALLBACK_GID = 1000
 LABEL_RUN = "orchestrate.run"
 LABEL_AGENT = "orchestrate.agent"
 LABEL_VERSION = "orchestrate.version"
+# Set to "broker" on the egress broker's container and to "egress" on the run's networks.
+LABEL_ROLE = "orchestrate.role"
+# The name of an agent's own egress network: orchestrate-<run>--egress-<agent>.
+EGRESS_NETWORK = re.compile(r"orchestrate-[a-z0-9-]+--egress-[a-z0-9-]+")
 
 # The value of SecuritySpec.seccomp in plans written before orchestrate had its own profile.
 LEGACY_SECCOMP = "default"
@@ -84,7 +90,8 @@ class LimitSpec(Frozen):
 
 
 class SecuritySpec(Frozen):
-    network_mode: Literal["none"] = "none"
+    # "none", or the agent's own internal network to the egress broker; never host, bridge or another container.
+    network_mode: str = "none"
     cap_drop: tuple[str, ...] = ("ALL",)
     cap_add: tuple[str, ...] = ()
     privileged: bool = False
@@ -96,6 +103,13 @@ class SecuritySpec(Frozen):
     seccomp: str = Field(default_factory=lambda: str(shipped_profile().path))
     seccomp_sha256: str | None = Field(default_factory=lambda: shipped_profile().sha256)
     ipc_mode: Literal["private"] = "private"
+
+    @field_validator("network_mode")
+    @classmethod
+    def _own_network_only(cls, value: str) -> str:
+        if value != "none" and not EGRESS_NETWORK.fullmatch(value):
+            raise ValueError(f"network mode {value!r} is not allowed: agents have no network or their own egress one")
+        return value
 
     @field_validator("seccomp")
     @classmethod
@@ -176,6 +190,8 @@ class AgentPlan(Frozen):
     source_copy: Path | None = None
     # For an interactive agent, the exec command that runs its program in a terminal; the container runs a keeper.
     session_command: tuple[str, ...] | None = None
+    # The agent's route out through the egress broker; None for network none.
+    egress: AgentEgress | None = None
 
 
 class SharedPlan(Frozen):
@@ -199,6 +215,8 @@ class RunPlan(Frozen):
     policy: dict[str, str] = {}
     monitor: Monitor = Monitor()
     shutdown: Shutdown = Shutdown()
+    # The egress broker; None when no agent has network access.
+    broker: BrokerPlan | None = None
 
 
 # Pattern of a run id given on the command line: the shape new_run_id makes, never with '/' or '..'.
@@ -218,6 +236,7 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
 
     problems = []
     agents = []
+    weakenings: list[str] = []
     for index, agent in enumerate(manifest.agents):
         resolved = resolve(agent, manifest.defaults.image)
         image = resolved.image
@@ -245,6 +264,18 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
 
         isolation = agent.isolation or manifest.defaults.isolation
         problems.extend(isolation_problems(loaded, facts, index=index, isolation=isolation, pids=limits.pids))
+
+        network = plan_agent_egress(loaded, index, resolved.profile, environment=facts.environment,
+                                    run_id=run_id)
+        problems.extend(network.problems)
+        weakenings.extend(network.weakenings)
+        if network.egress is not None and isolation == "gvisor" and GVISOR_NETWORK_RUNTIME not in facts.runtimes:
+            problems.append(loaded.problem(
+                ("agents", index, "isolation") if agent.isolation else ("defaults", "isolation"),
+                f"isolation gvisor with network allowlist needs the engine runtime {GVISOR_NETWORK_RUNTIME}, which "
+                f"is not registered; {GVISOR_NETWORK_SETUP}",
+                cause="runtime-missing",
+            ))
 
         env_names = tuple(dict.fromkeys([*manifest.defaults.env, *agent.env]))
         for name in env_names:
@@ -277,8 +308,10 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
                 **agent.limits.model_dump(exclude_none=True),
             }),
             output=paths.output,
+            network=network,
         ))
 
+    broker = _broker(loaded, facts, run_id, agents, problems)
     problems.extend(paths.problems)
     if not problems:
         # A backstop behind the manifest checks, which already name the field of every overlap they find.
@@ -304,6 +337,8 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
         policy=full_policy(manifest.policy),
         monitor=manifest.monitor,
         shutdown=manifest.shutdown,
+        broker=broker,
+        weakenings=tuple(weakenings),
     )
 
 
@@ -319,6 +354,22 @@ def _missing_image(loaded: LoadedManifest, index: int, resolved: ResolvedAgent) 
     else:
         field_path = ("defaults", "image")
     return loaded.problem(field_path, f"image {resolved.image} is not on this machine; {fix}", cause="image-missing")
+
+
+def _broker(loaded: LoadedManifest, facts: HostFacts, run_id: str, agents: list[AgentPlan],
+            problems: list[Problem]) -> BrokerPlan | None:
+    """Plan the egress broker when any agent has network access; it runs from the base image."""
+    if not any(agent.egress is not None for agent in agents):
+        return None
+    image_id = facts.images.get(DEFAULT_IMAGE)
+    if image_id is None:
+        problems.append(loaded.problem(
+            ("broker",), f"the egress broker runs from {DEFAULT_IMAGE}, which is not on this machine; build it "
+                         "with `orchestrate images build`",
+            cause="image-missing",
+        ))
+    labels = {LABEL_RUN: run_id, LABEL_ROLE: "broker", LABEL_VERSION: __version__}
+    return plan_broker(loaded, run_id=run_id, image=DEFAULT_IMAGE, image_id=image_id, labels=labels)
 
 
 def _resources(defaults: Resources, agent: Agent) -> Resources:
@@ -352,6 +403,7 @@ def _agent_plan(
     timeout: float,
     publish_limits: PublishLimitSpec,
     output: Path,
+    network: EgressResult,
 ) -> AgentPlan:
     if facts.uid == 0:
         uid, gid = FALLBACK_UID, FALLBACK_GID
@@ -400,6 +452,8 @@ def _agent_plan(
     fixed_env = dict(profile.env)
     fixed_env.update({name: PLACEHOLDER_KEY for api in profile.apis for name in api.placeholder_env})
     fixed_env.update(prompt_env(resolved, prompt))
+    # The variables that point the CLI at the broker, and placeholders for the APIs the manifest adds.
+    fixed_env.update(network.env)
     fixed_env.update({"HOME": HOME_TARGET, "ORCHESTRATE_RUN": run_id, "ORCHESTRATE_AGENT": agent.name})
 
     agent_command = final_command(resolved, prompt)
@@ -422,7 +476,8 @@ def _agent_plan(
         fixed_env=fixed_env,
         mounts=tuple(mounts),
         limits=limits,
-        runtime=RUNTIMES[isolation],
+        security=SecuritySpec(network_mode="none" if network.egress is None else network.egress.network),
+        runtime=_runtime(isolation, network.egress),
         labels={LABEL_RUN: run_id, LABEL_AGENT: agent.name, LABEL_VERSION: __version__},
     )
     return AgentPlan(
@@ -443,7 +498,14 @@ def _agent_plan(
         host_gid=facts.userns_offset + gid,
         source_copy=source_copy,
         session_command=session,
+        egress=network.egress,
     )
+
+
+def _runtime(isolation: Isolation, egress: AgentEgress | None) -> str:
+    if egress is not None and isolation == "gvisor":
+        return GVISOR_NETWORK_RUNTIME
+    return RUNTIMES[isolation]
 
 
 def container_environment(spec: ContainerSpec, environment: dict[str, str]) -> dict[str, str]:

@@ -86,8 +86,9 @@ def _scalar_settings(
 
     return [
         ("network_mode", arguments["network_mode"], _lookup(inspect, *host, "NetworkMode"), _name),
-        # create passes network_disabled=True, so the container starts with only a loopback interface.
-        ("network_disabled", True, _lookup(inspect, "Config", "NetworkDisabled"), _flag),
+        # create disables networking unless the agent has its egress network, so it starts with only loopback.
+        ("network_disabled", arguments["network_mode"] == "none",
+         _network_disabled(inspect, expected=arguments["network_mode"] == "none"), _flag),
         ("cap_add", arguments.get("cap_add"), _lookup(inspect, *host, "CapAdd"), _names),
         ("cap_drop", arguments.get("cap_drop"), _lookup(inspect, *host, "CapDrop"), _names),
         ("privileged", arguments["privileged"], _lookup(inspect, *host, "Privileged"), _flag),
@@ -291,6 +292,14 @@ def _cpus(value: Any) -> str | None:
 def _cpu_count(count: float) -> str:
     number = str(int(count)) if count.is_integer() else str(count)
     return f"{number} CPU" if count == 1 else f"{number} CPUs"
+
+
+def _network_disabled(inspect: dict[str, Any], *, expected: bool) -> Any:
+    # The engine leaves Config.NetworkDisabled out when it is false, as for an agent on its egress network.
+    value = _lookup(inspect, "Config", "NetworkDisabled")
+    if not expected and isinstance(value, _Missing) and isinstance(inspect.get("Config"), dict):
+        return False
+    return value
 
 
 def _networks_drift(network_mode: str, inspect: dict[str, Any]) -> Drift | None:

@@ -40,6 +40,15 @@ def plan_text(plan: RunPlan) -> str:
     grace = min(shutdown.grace, shutdown.deadline / 2)
     cut = f" (cut from {shutdown.grace:g} s to fit the deadline)" if grace < shutdown.grace else ""
     lines.append(f"  shutdown  deadline {shutdown.deadline:g} s, grace {grace:g} s after a violation{cut}")
+    if plan.broker is not None:
+        broker = plan.broker
+        lines.append(
+            f"  broker    {broker.image} as {broker.user}, upstream network {broker.upstream_network} "
+            f"({broker.upstream_kind}{'' if broker.create_upstream else ', existing'}), agents reach it as "
+            f"{broker.alias}:{broker.port}"
+        )
+    for weakening in plan.weakenings:
+        lines.append(f"  WEAKENED  {weakening}")
     for agent in plan.agents:
         lines.append("")
         lines.extend(_agent_lines(agent))
@@ -94,11 +103,30 @@ def _agent_lines(agent: AgentPlan) -> list[str]:
         program = shlex.join(session_program(agent.session_command))
         lines[2] = (f"  command   {program} (interactive: in a terminal that `orchestrate attach` connects to; "
                     "the container runs a keeper)")
+    lines.extend(_egress_lines(agent))
     lines.append("  mounts    " + _mount_line(spec.mounts[0]))
     lines.extend("            " + _mount_line(mount) for mount in spec.mounts[1:])
     if agent.writes:
         lines.append(f"  writes    {', '.join(agent.writes)}")
     lines.append("  labels    " + ", ".join(f"{key}={value}" for key, value in sorted(spec.labels.items())))
+    return lines
+
+
+def _egress_lines(agent: AgentPlan) -> list[str]:
+    egress = agent.egress
+    if egress is None:
+        return []
+    lines = [f"  egress    CONNECT to {', '.join(egress.allow) or 'no host'}; "
+             f"at most {egress.max_requests} requests and {format_size(egress.max_bytes)}"]
+    if egress.deny:
+        lines.append(f"            denied: {', '.join(egress.deny)}")
+    if egress.allow_private:
+        lines.append(f"            private addresses allowed for: {', '.join(egress.allow_private)}")
+    for api in egress.apis:
+        secret = next(item for item in egress.secrets if item.name == api.secret)
+        placeholder = f"; placeholder in {', '.join(api.placeholder_env)}" if api.placeholder_env else ""
+        lines.append(f"  api       {api.name}: ${api.base_url_env} -> {api.upstream}, the broker adds {api.header} "
+                     f"from {secret.source()}{placeholder}")
     return lines
 
 
@@ -117,14 +145,13 @@ def _profile_lines(agent: AgentPlan) -> list[str]:
     if agent.prompt is not None:
         where = f", mounted read-only from {_shown(agent.prompt_file)}" if agent.prompt_file else ""
         lines.append(f"  prompt    {shortened(agent.prompt)!r} ({len(agent.prompt.encode())} bytes){where}")
+    if agent.egress is not None:
+        # The egress lines show the resolved hosts and APIs, manifest overrides included.
+        needs = needs.model_copy(update={"network": "none", "apis": ()})
     if needs.network == "allowlist":
         hosts = ", ".join(needs.hosts) or "no host besides its model APIs"
-        network_mode = agent.container.security.network_mode
-        if network_mode == "none":
-            lines.append(f"  egress    the profile asks for allowlist ({hosts}), but the container has network none: "
-                         "model requests fail")
-        else:
-            lines.append(f"  egress    allowlist through the egress broker: {hosts}")
+        lines.append(f"  egress    the profile asks for allowlist ({hosts}), but the container has network none: "
+                     "model requests fail")
     for api in needs.apis:
         lines.append(f"  api       {api.name}: {api.base_url_env} -> {api.upstream}; the broker adds "
                      f"{api.secret} as {api.header}, the agent holds a placeholder")

@@ -12,7 +12,7 @@ from .activity import Listener, ignore
 from .agent_profile import agent_image
 from .errors import InputError
 from .liveview import LiveTable
-from .manifest import LoadedManifest
+from .manifest import DEFAULT_IMAGE, LoadedManifest
 from .plan import RunPlan, build_plan, new_run_id
 from .results import RunResult
 from .runtime import Runtime
@@ -27,7 +27,8 @@ def plan_manifest(
     if runs_root.exists() and not runs_root.is_dir():
         raise InputError(f"--runs-dir {runs_root} is a file, not a folder; give a folder for the run folders")
     manifest = loaded.manifest
-    images = sorted({agent_image(agent, manifest.defaults.image) for agent in manifest.agents})
+    # The base image is looked up too, because the egress broker runs from it.
+    images = sorted({DEFAULT_IMAGE, *(agent_image(agent, manifest.defaults.image) for agent in manifest.agents)})
     facts = runtime.host_facts(images, dict(os.environ))
     plan = build_plan(
         loaded,

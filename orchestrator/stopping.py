@@ -25,7 +25,7 @@ from typing import Any, Literal
 import anyio
 
 from .errors import EnvironmentProblem, InputError, OrchestrateError
-from .plan import LABEL_AGENT, LABEL_RUN, RUN_ID_PATTERN
+from .plan import LABEL_AGENT, LABEL_ROLE, LABEL_RUN, RUN_ID_PATTERN
 from .runtime import Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
 from .shutdown import stop_all
@@ -200,7 +200,9 @@ def list_run_containers(runtime: Runtime, run_id: str | None) -> list[RunContain
         labels = (inspect.get("Config") or {}).get("Labels") or {}
         state = inspect.get("State") or {}
         running = bool(state.get("Running")) or bool(state.get("Restarting"))
-        found.append(RunContainer(container_id, str(labels.get(LABEL_RUN)), str(labels.get(LABEL_AGENT)), running))
+        # The egress broker has no agent label; its role names it instead.
+        agent = str(labels.get(LABEL_AGENT) or labels.get(LABEL_ROLE) or "")
+        found.append(RunContainer(container_id, str(labels.get(LABEL_RUN)), agent, running))
     return found
 
 

@@ -26,6 +26,8 @@ from . import workspace
 from .activity import Activity, Listener, ignore
 from .audit import AuditLog
 from .control import ControlServer
+from .egress import BrokerStartError, EgressBroker, NetworkRuntime
+from .egress_events import audit_fields, violation_for
 from .errors import DockerUnavailable, OrchestrateError
 from .limits import is_dropped_limit, limit_problem
 from .liveview import AgentRow, LiveTable, elapsed
@@ -33,7 +35,7 @@ from .monitor import Monitor
 from .plan import LABEL_RUN, AgentPlan, RunPlan
 from .publish import PublishError, PublishReport, check_workspace, publish_agent
 from .publishing import audit_report, publish_request
-from .results import AgentResult, RunResult
+from .results import AgentResult, RunResult, printable
 from .run_copies import prepare_run_copies, snapshot_run
 from .runtime import Lifeline, Runtime
 from .runtime.docker import ContainerGone, RuntimeFailure
@@ -41,7 +43,7 @@ from .runtime.inspection import security_summary
 from .sessions import SessionHost, SessionRefused
 from .shutdown import DEFAULT_GRACE, stop_all, stop_container
 from .status import RunLock
-from .violations import Violation
+from .violations import BROKER_FAILURE, EGRESS_DENIED, Violation
 from .workers import Workers
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ EVIDENCE_DEADLINE = 120.0
 WAIT_RECONNECT_ATTEMPTS = 30
 LIMIT_READ_ATTEMPTS = 3
 LIMIT_READ_RETRY = 0.1
+# The name the monitor reports the egress broker's container under; no agent name can contain a space.
+BROKER_WATCH_NAME = "egress broker"
+# Denied requests of one agent that become violations; later ones are only audited.
+MAX_DENIED_VIOLATIONS = 20
 
 
 class Supervisor:
@@ -101,6 +107,9 @@ class Supervisor:
         self.sessions = SessionHost(plan, runtime, self.workers, self.monitor, audit=self._audit,
                                     containers=self._containers, terminal_size=terminal_size)
         self.control = ControlServer(plan.run_dir, self.sessions, audit=self._audit, ready=control_ready)
+        self._egress: EgressBroker | None = None
+        self._egress_error: str | None = None
+        self._denied: dict[str, int] = {}
 
     def _audit(self, kind: str, **fields: object) -> None:
         if self._log is None:
@@ -146,6 +155,8 @@ class Supervisor:
             finally:
                 with anyio.CancelScope(shield=True):
                     self.monitor.stopping_all()
+                    if self._egress is not None:
+                        await self._egress.stop()
                     await self._sweep_leftovers()
                     self.monitor.close()
                 outer.cancel_scope.cancel()
@@ -205,14 +216,67 @@ class Supervisor:
                 for agent in plan.agents
             ],
             shared=[item.model_dump() for item in plan.shared],
+            weakenings=list(plan.weakenings),
         )
+        for weakening in plan.weakenings:
+            log.warning("weakened: %s", weakening)
 
     async def _run_agents(self) -> None:
         with anyio.CancelScope() as scope:
             self._agents_scope = scope
+            if self.plan.broker is not None:
+                await self._start_egress()
             async with anyio.create_task_group() as group:
                 for agent in self.plan.agents:
                     group.start_soon(self._supervise, agent)
+
+    async def _start_egress(self) -> None:
+        """Start the egress broker; when it fails, every agent with network access fails instead of starting."""
+        assert self._background is not None
+        if not isinstance(self.runtime, NetworkRuntime):
+            self._egress_error = "this container runtime cannot create networks for the egress broker"
+            return
+        self._egress = EgressBroker(
+            self.plan, self.runtime, self.workers, self.environment, on_event=self._on_egress_event,
+            on_exit=self._on_broker_exit,
+            # Watched like an agent's container: an exec into the broker, which holds the keys, is tampering.
+            on_created=lambda container_id: self.monitor.container_created(BROKER_WATCH_NAME, container_id),
+        )
+        try:
+            await self._egress.start(self._background)
+        except (BrokerStartError, DockerUnavailable) as exc:
+            self._egress_error = str(exc)
+            log.error("%s", exc)
+            self._audit("egress-failed", error=str(exc))
+            return
+        self._audit("egress-start", container=self._egress.container_id, networks={
+            agent.name: agent.egress.network for agent in self.plan.agents if agent.egress is not None
+        }, secret_sources=[
+            f"agent {agent.name}: {secret.name} from {secret.source()}"
+            for agent in self.plan.agents if agent.egress is not None for secret in agent.egress.secrets
+        ])
+
+    def _on_egress_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "request":
+            self._audit("egress-request", **audit_fields(event))
+        elif kind == "dns":
+            # A lookup the broker refused: Docker's resolver forwarded a name it does not know.
+            self._audit("egress-dns", agent=printable(str(event.get("agent")))[:63],
+                        name=printable(str(event.get("name")))[:255])
+        elif kind == "warning":
+            log.warning("egress broker: %s", printable(str(event.get("message")))[:500])
+        violation = violation_for(event)
+        if violation is None:
+            return
+        if violation.kind == EGRESS_DENIED:
+            count = self._denied[violation.agent] = self._denied.get(violation.agent, 0) + 1
+            if count > MAX_DENIED_VIOLATIONS:
+                return
+        self._on_violation(violation)
+
+    def _on_broker_exit(self, message: str) -> None:
+        self._on_violation(Violation(BROKER_FAILURE, "*", "egress broker", message))
 
     async def _watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         # Every signal whose default action ends the process is caught, so none of them orphans the agents:
@@ -238,7 +302,9 @@ class Supervisor:
     async def _supervise(self, agent: AgentPlan) -> None:
         result = self.results[agent.name]
         try:
-            if await self._launch(agent, result):
+            if agent.egress is not None and self._egress_error is not None:
+                result.fail("error", f"not started: {self._egress_error}")
+            elif await self._launch(agent, result):
                 await self._await_exit(agent, result)
         except anyio.get_cancelled_exc_class():
             result.interrupted = True
@@ -268,7 +334,10 @@ class Supervisor:
         spec = agent.container
 
         def create_and_record() -> list[str]:
-            created = self.runtime.create(spec, self.environment)
+            if agent.egress is not None and self._egress is not None:
+                created = self.runtime.create(spec, self.environment, **self._egress.create_options(agent.name))
+            else:
+                created = self.runtime.create(spec, self.environment)
             # Recorded inside the worker thread, so a cancellation cannot lose the id.
             self._containers[agent.name] = created.container_id
             self.monitor.container_created(agent.name, created.container_id)

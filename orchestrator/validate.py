@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import InputError
 from .hostpaths import home_directories
-from .plan import LABEL_AGENT, LABEL_RUN, RUN_ID_PATTERN, ContainerSpec, RunPlan
+from .plan import LABEL_AGENT, LABEL_ROLE, LABEL_RUN, RUN_ID_PATTERN, ContainerSpec, RunPlan
 from .procview import ProcUnavailable, read_proc_view
 from .runtime.docker import ContainerGone, DockerRuntime
 from .validate_checks import Check, check_container
@@ -98,7 +98,12 @@ def validate(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path) -> 
         raise InputError(f"invalid run id '{run_id}'; copy it from `orchestrate status --runs-dir {runs_root}`")
 
     label = LABEL_RUN if run_id is None else f"{LABEL_RUN}={run_id}"
-    listed = runtime.client.api.containers(filters={"label": label})
+    # NOTE: the egress broker's container is left out: its settings differ from an agent's by design
+    # (a network, no workspace), and no check here describes them yet.
+    listed = [
+        item for item in runtime.client.api.containers(filters={"label": label})
+        if (item.get("Labels") or {}).get(LABEL_ROLE) != "broker"
+    ]
     if run_id is not None and not listed and not (runs_root / run_id).is_dir():
         stopped = runtime.client.api.containers(all=True, filters={"label": label})
         if not stopped:

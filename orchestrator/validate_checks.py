@@ -82,7 +82,7 @@ def check_container(
     """
     homes = list(homes)
     checks = [
-        *_network_checks(inspect),
+        *_network_checks(inspect, spec),
         *_privilege_checks(inspect),
         *_filesystem_checks(inspect, spec, homes),
         *_limit_checks(inspect, spec),
@@ -107,16 +107,20 @@ def _config(inspect: dict[str, Any]) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def _network_checks(inspect: dict[str, Any]) -> list[Check]:
+def _network_checks(inspect: dict[str, Any], spec: ContainerSpec | None) -> list[Check]:
+    """Expect no network, or for an agent behind the egress broker exactly its own egress network."""
+    expected = "none" if spec is None else spec.security.network_mode
     mode = _host(inspect).get("NetworkMode")
     settings = inspect.get("NetworkSettings")
     networks = settings.get("Networks") if isinstance(settings, dict) else None
     # A container created with networking disabled has no endpoint, not even one on "none" (Docker 20.10).
     attached = sorted(name for name in (networks or {}) if name != "none") if isinstance(networks, dict | None) else [
         f"invalid value {networks!r}"]
+    expected_networks = [] if expected == "none" else [expected]
     return [
-        _check("network mode", "inspect", "none", repr(mode) if not isinstance(mode, str) else mode, mode == "none"),
-        _check("attached networks", "inspect", "none", ", ".join(attached) or "none", not attached),
+        _check("network mode", "inspect", expected, repr(mode) if not isinstance(mode, str) else mode,
+               mode == expected),
+        _check("attached networks", "inspect", expected, ", ".join(attached) or "none", attached == expected_networks),
     ]
 
 
@@ -287,16 +291,26 @@ def _plan_check(inspect: dict[str, Any], spec: ContainerSpec | None) -> Check:
 def probe_checks(view: ProcView, inspect: dict[str, Any], spec: ContainerSpec | None) -> list[Check]:
     """Check the container's own view of its network, privileges, mounts and limits."""
     return [
-        *_probe_network(view),
+        *_probe_network(view, spec),
         *_probe_privileges(view),
         *_probe_mounts(view, spec),
         *_probe_limits(view, inspect),
     ]
 
 
-def _probe_network(view: ProcView) -> list[Check]:
+def _probe_network(view: ProcView, spec: ContainerSpec | None) -> list[Check]:
     interfaces = parse_interfaces(view.net_dev, view.if_inet6)
     routes = parse_routes(view.net_route, view.ipv6_route)
+    if spec is not None and spec.security.network_mode != "none":
+        # Behind the egress broker: one interface, on the agent's internal network. Docker still writes a default
+        # route to the network's gateway address, which orchestrate leaves unassigned, so it leads nowhere.
+        foreign = [route for route in routes if not route.endswith("dev eth0")]
+        return [
+            _check("interfaces", "/proc", "eth0, lo", ", ".join(interfaces) or "none", interfaces == ["eth0", "lo"]),
+            _check("routes", "/proc", "through eth0 only", "; ".join(routes) or "none", not foreign),
+            _check("network namespace", "/proc", "its own", _namespace_text(view.shares_host_network),
+                   view.shares_host_network is False),
+        ]
     return [
         _check("interfaces", "/proc", "lo", ", ".join(interfaces) or "none", interfaces == ["lo"]),
         _check("routes", "/proc", "none", "; ".join(routes) or "none", not routes),

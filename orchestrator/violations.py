@@ -27,13 +27,19 @@ QUOTA_EXCEEDED = "quota-exceeded"
 TAMPERING = "tampering"
 POSTURE_DRIFT = "posture-drift"
 MONITOR_FAILURE = "monitor-failure"
+EGRESS_DENIED = "egress-denied"
+EGRESS_LIMIT = "egress-limit"
+BROKER_FAILURE = "broker-failure"
+# Kinds whose default is not to stop the run. A request to a host off the allowlist is refused by the
+# broker already, and real CLIs probe hosts for telemetry and updates, so it is recorded and shown.
+DEFAULT_ACTIONS: dict[str, PolicyAction] = {EGRESS_DENIED: "warn"}
 
 Action = Literal["shutdown", "stop-agent", "warn"]
 
 
 def full_policy(policy: Mapping[Any, str]) -> dict[str, str]:
-    """Return the action for every kind: the manifest's where it sets one, else the default."""
-    return {kind: policy.get(kind, DEFAULT_ACTION) for kind in KINDS}
+    """Return the action for every kind: the manifest's where it sets one, else the kind's default."""
+    return {kind: policy.get(kind, DEFAULT_ACTIONS.get(kind, DEFAULT_ACTION)) for kind in KINDS}
 
 
 @dataclass(frozen=True)

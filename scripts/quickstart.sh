@@ -89,7 +89,10 @@ if os.path.exists(path):
     with open(path, encoding="utf-8") as existing:
         text = existing.read()
     settings = json.loads(text) if text.strip() else {}
-settings.setdefault("runtimes", {})["runsc"] = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+runtimes = settings.setdefault("runtimes", {})
+runtimes["runsc"] = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+# gVisor agents behind the egress broker: the sandbox uses the container's own network namespace.
+runtimes["runsc-network"] = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}
 os.makedirs(os.path.dirname(path), exist_ok=True)
 with open(path + ".tmp", "w", encoding="utf-8") as updated:
     json.dump(settings, updated, indent=2)
@@ -102,7 +105,7 @@ PYTHON
 # need it, so setup goes on without it when it cannot be installed or registered.
 setup_gvisor() {
     # The engine keeps a runtime that left daemon.json until it restarts, so both are checked.
-    runsc_registered && grep -q '"runsc"' /etc/docker/daemon.json 2>/dev/null && return 0
+    runsc_registered && grep -q '"runsc-network"' /etc/docker/daemon.json 2>/dev/null && return 0
     if [ "$(id -u)" -ne 0 ]; then
         runsc_registered && return 0
         say "gVisor is not registered with Docker, so agents with isolation: gvisor cannot run;" \

@@ -121,11 +121,19 @@ class DockerRuntime:
         except ContainerGone:
             return None
 
-    def create(self, spec: ContainerSpec, environment: dict[str, str]) -> Created:
+    def create(self, spec: ContainerSpec, environment: dict[str, str], *, dns: tuple[str, ...] = (),
+               network: str | None = None, sysctls: dict[str, str] | None = None) -> Created:
+        """Create a container; `dns`, `network` and `sysctls` serve agents behind the egress broker and the broker."""
         try:
             arguments = _host_config_arguments(spec)
         except EnvironmentProblem as exc:
             raise RuntimeFailure(f"create container {spec.name}: {exc}") from exc
+        if network is not None:
+            arguments["network_mode"] = network
+        if dns:
+            arguments["dns"] = list(dns)
+        if sysctls:
+            arguments["sysctls"] = sysctls
         host_config = self._api.create_host_config(**arguments)
         with _translated(f"create container {spec.name}"):
             response = self._api.create_container(
@@ -141,7 +149,7 @@ class DockerRuntime:
                 labels=spec.labels,
                 hostname=spec.hostname,
                 name=spec.name,
-                network_disabled=True,
+                network_disabled=arguments["network_mode"] == "none",
                 # An image's own health check runs as an exec, which the monitor must treat as tampering.
                 healthcheck={"Test": ["NONE"]},
                 host_config=host_config,
@@ -201,6 +209,45 @@ class DockerRuntime:
         except ContainerGone:
             return
 
+    # -- networks and the broker's channels ---------------------------------------------------------------
+
+    def create_network(self, name: str, *, internal: bool, labels: dict[str, str]) -> str:
+        # On an internal network, Docker 20.10 still gives the host's bridge the gateway address. The host accepts
+        # connections there, so a container could reach every service the host listens on. inhibit_ipv4 leaves
+        # the bridge without an address, so an internal network reaches only its own containers.
+        options = {"com.docker.network.bridge.inhibit_ipv4": "true"} if internal else None
+        with _translated(f"create network {name}"):
+            response = self._api.create_network(name, driver="bridge", internal=internal, labels=labels,
+                                                options=options, check_duplicate=True)
+        return str(response["Id"])
+
+    def inspect_network(self, name: str) -> dict[str, Any]:
+        with _translated(f"inspect network {name}"):
+            return dict(self._api.inspect_network(name))
+
+    def connect(self, container_id: str, network: str, *, aliases: list[str]) -> None:
+        with _translated(f"connect container {container_id[:12]} to network {network}"):
+            self._api.connect_container_to_network(container_id, network, aliases=aliases)
+
+    def remove_network(self, name: str) -> None:
+        try:
+            with _translated(f"remove network {name}"):
+                self._api.remove_network(name)
+        except ContainerGone:
+            return
+
+    def list_labelled_networks(self, labels: dict[str, str | None]) -> dict[str, dict[str, str]]:
+        """Return the labels of every network that carries `labels`, by network name."""
+        filters = [key if value is None else f"{key}={value}" for key, value in labels.items()]
+        with _translated("list networks"):
+            found = self._api.networks(filters={"label": filters})
+        return {str(item["Name"]): dict(item.get("Labels") or {}) for item in found}
+
+    def follow_output(self, container_id: str) -> Any:
+        """Return the container's output as a stream of byte chunks that ends when it exits; close() ends it."""
+        with _translated(f"follow the output of container {container_id[:12]}"):
+            return self._api.logs(container_id, stdout=True, stderr=True, stream=True, follow=True)
+
     def list_labelled(self, labels: dict[str, str | None]) -> list[str]:
         filters = [key if value is None else f"{key}={value}" for key, value in labels.items()]
         with _translated("list containers"):
@@ -213,6 +260,11 @@ class AttachedInput:
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+
+    def send(self, data: bytes) -> None:
+        """Write to the container's input, such as the broker's configuration line."""
+        raw = getattr(self._stream, "_sock", self._stream)
+        raw.sendall(data)
 
     def close(self) -> None:
         # The SDK returns a SocketIO over a socket that its HTTP response also references.

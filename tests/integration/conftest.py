@@ -26,6 +26,8 @@ import docker.errors
 import pytest
 import yaml
 
+from .mock_upstream import MockUpstream, mock_upstream_network
+
 BASE_IMAGE = "orchestrate/base:latest"
 TEST_LABEL = "orchestrate.test"
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -158,6 +160,13 @@ def standin_image(docker_client: docker.DockerClient) -> str:
     from .standin import ensure_standin_image
 
     return ensure_standin_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def mock_upstream(docker_client: docker.DockerClient) -> Iterator[MockUpstream]:
+    """Two mock model APIs on an internal network of the test's own, for the egress broker's upstream side."""
+    with mock_upstream_network(docker_client, image=BASE_IMAGE, label=TEST_LABEL, wait=_wait_for_log) as upstream:
+        yield upstream
 
 
 @pytest.fixture(scope="session")

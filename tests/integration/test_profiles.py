@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Project, agent_workspace
+from .mock_upstream import MOCK_PORT, MockUpstream
 
 # Quotes, a variable, a command substitution and a second line: none of it may reach a shell.
 PROMPT = "Fix 'quotes' in $HOME and `id`;\nthen write the summary"
@@ -42,36 +43,66 @@ json.dump(report, open("report.json", "w"))
 """
 
 
-def test_each_profile_template_runs_standin(project: Project, standin_image: str) -> None:
+API_OF_PROFILE = {"claude-code": "anthropic", "copilot": "openai", "codex": "openai", "aider": "anthropic"}
+
+
+def test_each_profile_template_runs_standin(project: Project, standin_image: str, mock_upstream: MockUpstream) -> None:
+    # Each stand-in reads its prompt, calls its base URL with the placeholder key and writes a file. The broker
+    # adds the real key and sends the call to the test's mock API instead of the real one.
+    keys = {
+        "ANTHROPIC_API_KEY": f"sk-ant-test-{secrets.token_hex(8)}",
+        "OPENAI_API_KEY": f"sk-test-{secrets.token_hex(8)}",
+    }
+    mock = f"{mock_upstream.allowed}:{MOCK_PORT}"
     agents = [
-        {"name": cli, "profile": profile, "image": standin_image, "prompt": f"{PROMPT} ({cli})"}
+        {"name": cli, "profile": profile, "image": standin_image, "prompt": f"{PROMPT} ({cli})",
+         "apis": {API_OF_PROFILE[profile]: {"upstream": f"http://{mock}/{cli}"}},
+         "egress": {"allow_private": [mock]}}
         for profile, cli in CLI_OF_PROFILE.items()
     ]
-    manifest = project.manifest(agents, defaults={"timeout": "60s"})
+    manifest = project.manifest(agents, defaults={"timeout": "60s"},
+                                broker={"upstream_network": "internal", "upstream_network_name": mock_upstream.network})
+    environment = {**os.environ, **keys, "PYTHONPATH": str(REPOSITORY)}
 
-    code, result = project.run_json(manifest, "--no-live")
+    code, result = project.run_json(manifest, "--no-live", env=environment)
 
     assert code == 0, json.dumps(result, indent=2)
-    for cli in CLI_OF_PROFILE.values():
+    received = {request["path"].split("/")[1]: request for request in mock_upstream.requests_seen(
+        mock_upstream.containers[0]) if request["path"].split("/")[1] in CLI_OF_PROFILE.values()}
+    for profile, cli in CLI_OF_PROFILE.items():
         record = json.loads((agent_workspace(result, cli) / f"standin-{cli}.json").read_text(encoding="utf-8"))
         assert record["prompt"] == f"{PROMPT} ({cli})", cli
-        assert record["api"] is None, cli
-        assert record["reason"].endswith("is unset"), cli
+        assert record["status"] == 200, record
+        assert "mock-allowed part 2" in record["response"], cli
+        headers = {name.lower(): value for name, value in received[cli]["headers"].items()}
+        if API_OF_PROFILE[profile] == "anthropic":
+            assert headers["x-api-key"] == keys["ANTHROPIC_API_KEY"], cli
+        else:
+            assert headers["authorization"] == f"Bearer {keys['OPENAI_API_KEY']}", cli
+        for value in keys.values():
+            assert value not in json.dumps(record), f"{cli} saw a key"
 
 
-def test_container_of_profile_has_no_network(project: Project, standin_image: str) -> None:
-    agents = [{"name": "claude", "profile": "claude-code", "image": standin_image, "prompt": "hello"}]
+def test_profile_plan_routes_through_broker(project: Project, standin_image: str) -> None:
+    agents = [{"name": "claude", "profile": "claude-code", "image": standin_image, "prompt": "hello"},
+              {"name": "offline", "profile": "claude-code", "image": standin_image, "prompt": "hello",
+               "network": "none"}]
     manifest = project.manifest(agents)
+    environment = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant-plan-only", "PYTHONPATH": str(REPOSITORY)}
 
-    completed = project.orchestrate("plan", str(manifest), "--runs-dir", str(project.runs), "--json")
+    completed = project.orchestrate("plan", str(manifest), "--runs-dir", str(project.runs), "--json",
+                                    env=environment)
 
     assert completed.returncode == 0, completed.stderr
+    assert "sk-ant-plan-only" not in completed.stdout
     plan = json.loads(completed.stdout)
-    agent = plan["agents"][0]
-    assert agent["container"]["security"]["network_mode"] == "none"
-    assert agent["needs"]["network"] == "allowlist"
-    assert "ANTHROPIC_API_KEY" not in agent["container"]["env_names"]
-    assert agent["container"]["fixed_env"]["ANTHROPIC_API_KEY"] == "orchestrate-placeholder-key"
+    claude, offline = plan["agents"]
+    assert claude["container"]["security"]["network_mode"] == claude["egress"]["network"]
+    assert claude["container"]["fixed_env"]["ANTHROPIC_BASE_URL"] == "http://orchestrate-broker:3128/anthropic"
+    assert "ANTHROPIC_API_KEY" not in claude["container"]["env_names"]
+    assert claude["container"]["fixed_env"]["ANTHROPIC_API_KEY"] == "orchestrate-placeholder-key"
+    assert offline["container"]["security"]["network_mode"] == "none"
+    assert offline["egress"] is None
 
 
 @pytest.mark.parametrize("isolation", ["runc", "gvisor"])
@@ -84,6 +115,8 @@ def test_prompt_file_and_config_tmpfs(project: Project, standin_image: str, isol
         "prompt": PROMPT,
         "command": ["python3", "-c", INSPECT_SCRIPT, "{prompt_file}"],
         "resources": {"home": "32m", "pids": 256},
+        # The prompt file and the state tmpfs are the subject here; gVisor with a network needs runsc-network.
+        "network": "none",
     }]
     manifest = project.manifest(agents, defaults={"timeout": "60s"})
 
@@ -124,7 +157,8 @@ def test_host_keys_never_reach_agent(project: Project, standin_image: str) -> No
          "command": ["python3", "-c", ENVIRONMENT_SCRIPT, "{prompt}"]}
         for name, profile in (("claude", "claude-code"), ("copilot", "copilot"), ("codex", "codex"))
     ]
-    manifest = project.manifest(agents)
+    # The broker's upstream network is internal and empty: these agents make no model request.
+    manifest = project.manifest(agents, broker={"upstream_network": "internal"})
     environment = {**os.environ, **keys, "PYTHONPATH": str(REPOSITORY)}
 
     code, result = project.run_json(manifest, "--no-live", env=environment)

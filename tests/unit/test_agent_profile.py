@@ -34,9 +34,13 @@ LONG_PROMPT = "Review every module for error handling and write the findings to 
 PlanFor = Callable[..., RunPlan]
 
 
+# The broker's keys must be set for a profile with network access to plan; these are not real keys.
+KEYS = {"ANTHROPIC_API_KEY": "test-anthropic-key", "OPENAI_API_KEY": "test-openai-key"}
+
+
 @pytest.fixture
 def facts(make_facts: Callable[..., HostFacts]) -> HostFacts:
-    return make_facts(images=dict(IMAGES))
+    return make_facts(images=dict(IMAGES), environment=dict(KEYS))
 
 
 def plan_of(plan_for: PlanFor, facts: HostFacts, source: Path, *agents: dict[str, Any]) -> RunPlan:
@@ -257,8 +261,8 @@ def test_plan_text_shows_profile(plan_for: PlanFor, facts: HostFacts, source_dir
     assert LONG_PROMPT.strip() not in text
     assert "prompt    'Review every module for error handling and write the find...'" in text
     assert "'Review every module for error handlin...'" in text
-    assert "the broker adds ANTHROPIC_API_KEY as x-api-key, the agent holds a placeholder" in text
-    assert "the profile asks for allowlist" in text
+    assert "the broker adds x-api-key from variable ANTHROPIC_API_KEY; placeholder in ANTHROPIC_API_KEY" in text
+    assert "network orchestrate-demo-20240101-000000-abcdef--egress-a" in text
     assert "limit     Only API-key billing works." in text
     assert "/home/agent/.claude" in text
 
@@ -290,9 +294,12 @@ def test_claude_example_manifest_plans(make_facts: Callable[..., HostFacts], fak
     example = Path(__file__).resolve().parents[2] / "configs" / "claude-code.example.yaml"
     loaded = load_manifest(example)
 
-    plan = build_plan(loaded, make_facts(images=dict(IMAGES), cpu_count=2), runs_root=runs_root, run_id=RUN_ID)
+    facts = make_facts(images=dict(IMAGES), cpu_count=2, environment=dict(KEYS))
+    plan = build_plan(loaded, facts, runs_root=runs_root, run_id=RUN_ID)
 
     assert [agent.profile for agent in plan.agents] == ["claude-code", "claude-code"]
+    assert plan.broker is not None
+    assert all(agent.egress is not None for agent in plan.agents)
     reviewer = plan.agents[1]
     assert reviewer.prompt is not None
     assert reviewer.prompt.startswith("Review the error handling")

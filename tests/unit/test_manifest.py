@@ -706,4 +706,4 @@ def test_policy_defaults_fill_every_kind(plan_for: Callable[..., RunPlan], sourc
     plan = plan_for(manifest_data(source_dir, policy={"tampering": "warn"}))
     assert plan.policy["tampering"] == "warn"
     assert plan.policy["write-conflict"] == "shutdown"
-    assert len(plan.policy) == 7
+    assert len(plan.policy) == 10

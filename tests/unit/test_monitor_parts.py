@@ -60,11 +60,13 @@ def test_monitor_failure_lost_event_stream(plan: RunPlan) -> None:
     assert engine.connections >= 2
 
 
-def test_every_kind_defaults_to_shutdown() -> None:
+def test_every_kind_defaults_to_shutdown_but_denied_egress() -> None:
     policy = full_policy({"tampering": "warn"})
     assert policy.pop("tampering") == "warn"
+    # A host off the allowlist is refused by the broker already, so by default it is only recorded.
+    assert policy.pop("egress-denied") == "warn"
     assert set(policy.values()) == {"shutdown"}
-    assert len(policy) == 6
+    assert len(policy) == 8
 
 
 def test_table_aligns_and_cuts_events() -> None:

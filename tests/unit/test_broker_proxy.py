@@ -1,0 +1,266 @@
+"""Unit tests of the broker's proxy, in process: a mock upstream on loopback and a fake resolver.
+
+The agent's network is played by 127.0.0.0/8, and the mock upstream's name
+resolves to 127.0.0.1 only through the test's resolver, so nothing here leaves
+the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from orchestrator.broker.config import AgentConfig, ApiRoute, BrokerConfig
+from orchestrator.broker.policy import HostPolicy, IPAddress
+from orchestrator.broker.proxy import Broker
+
+SECRET = "sk-test-secret-0123456789"
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
+@dataclass
+class Upstream:
+    """A mock model API: it records every request head and body and responds with a streamed body."""
+
+    port: int = 0
+    heads: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head)
+        length = 0
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        if chunked:
+            body = b""
+            while not body.endswith(b"0\r\n\r\n"):
+                body += await reader.read(1024)
+        else:
+            body = await reader.readexactly(length)
+        self.bodies.append(body)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\n\r\n")
+        for index in range(3):
+            writer.write(b"data: event %d\n\n" % index)
+            await writer.drain()
+        writer.close()
+
+
+@dataclass
+class Harness:
+    broker: Broker
+    upstream: Upstream
+    events: list[dict[str, Any]]
+
+    async def request(self, raw: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.broker.listening_port())
+        writer.write(raw)
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return response
+
+
+def agent_config(upstream_port: int, **changes: Any) -> AgentConfig:
+    values: dict[str, Any] = {
+        "name": "alpha",
+        "address": "127.0.0.1",
+        "subnet": ipaddress.ip_network("127.0.0.0/8"),
+        "hosts": HostPolicy.from_lists(
+            [f"allowed.test:{upstream_port}"], [], [f"mock-api:{upstream_port}", f"allowed.test:{upstream_port}"]
+        ),
+        "apis": {"anthropic": ApiRoute("anthropic", "http", "mock-api", upstream_port, "/base", "x-api-key", SECRET)},
+        "max_requests": 100,
+        "max_bytes": 1_000_000,
+    }
+    values.update(changes)
+    return AgentConfig(**values)
+
+
+async def fake_resolve(host: str, port: int) -> list[IPAddress]:
+    if host in ("mock-api", "allowed.test", "private.test"):
+        return [LOOPBACK]
+    raise OSError(f"unknown host {host}")
+
+
+HarnessFactory = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[HarnessFactory]:
+    servers: list[asyncio.Server] = []
+    brokers: list[Broker] = []
+
+    async def make(**changes: Any) -> Harness:
+        upstream = Upstream()
+        server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
+        servers.append(server)
+        upstream.port = server.sockets[0].getsockname()[1]
+        events: list[dict[str, Any]] = []
+        config = BrokerConfig(port=0, agents=(agent_config(upstream.port, **changes),))
+        broker = Broker(config, events.append, resolve=fake_resolve, answer_dns=False)
+        await broker.start()
+        brokers.append(broker)
+        return Harness(broker, upstream, events)
+
+    yield make
+    for broker in brokers:
+        broker.close()
+    for server in servers:
+        server.close()
+
+
+def requests_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [event for event in events if event["event"] == "request"]
+
+
+@pytest.mark.anyio
+async def test_api_request_gets_secret_header(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    response = await test.request(
+        b"POST /anthropic/v1/messages?beta=1 HTTP/1.1\r\nHost: orchestrate-broker\r\n"
+        b"x-api-key: placeholder\r\nAuthorization: Bearer forged\r\nContent-Length: 5\r\n\r\nhello"
+    )
+
+    head = test.upstream.heads[0].decode()
+    assert head.startswith("POST /base/v1/messages?beta=1 HTTP/1.1\r\n")
+    assert f"x-api-key: {SECRET}" in head
+    assert "placeholder" not in head
+    assert "forged" not in head
+    assert test.upstream.bodies == [b"hello"]
+    assert response.startswith(b"HTTP/1.1 200 OK")
+    assert b"data: event 2" in response
+    assert SECRET.encode() not in response
+
+
+@pytest.mark.anyio
+async def test_chunked_request_body_forwarded(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    await test.request(
+        b"POST /anthropic/v1/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+
+    assert test.upstream.bodies == [b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"]
+
+
+@pytest.mark.anyio
+async def test_request_event_has_no_secret_or_headers(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    await test.request(b"GET /anthropic/v1/models HTTP/1.1\r\nx-api-key: placeholder\r\n\r\n")
+
+    [event] = requests_of(test.events)
+    assert event["agent"] == "alpha"
+    assert event["method"] == "GET"
+    assert event["host"] == "mock-api"
+    assert event["path"] == "/anthropic/v1/models"
+    assert event["status"] == 200
+    assert event["bytes_received"] > 0
+    assert SECRET not in repr(test.events)
+    assert "placeholder" not in repr(test.events)
+
+
+@pytest.mark.anyio
+async def test_connect_to_unlisted_port_denied(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    response = await test.request(b"CONNECT allowed.test:1 HTTP/1.1\r\n\r\n")
+
+    assert response.startswith(b"HTTP/1.1 403")
+    [event] = requests_of(test.events)
+    assert event["denied"]
+
+
+@pytest.mark.anyio
+async def test_connect_to_allowed_host_tunnels(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    response = await test.request(
+        f"CONNECT allowed.test:{test.upstream.port} HTTP/1.1\r\n\r\n".encode()
+        + b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+    )
+
+    assert response.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK")
+    # A tunnel carries the agent's bytes as they are: no key is added to it.
+    assert SECRET.encode() not in test.upstream.heads[0]
+
+
+@pytest.mark.anyio
+async def test_plain_http_to_other_host_rejected(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    response = await test.request(b"GET http://allowed.test/ HTTP/1.1\r\n\r\n")
+
+    assert response.startswith(b"HTTP/1.1 405")
+    assert test.upstream.heads == []
+
+
+@pytest.mark.anyio
+async def test_unknown_api_not_found(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    response = await test.request(b"GET /openai/v1/models HTTP/1.1\r\n\r\n")
+
+    assert response.startswith(b"HTTP/1.1 404")
+
+
+@pytest.mark.anyio
+async def test_request_limit_refuses_and_reports(harness: HarnessFactory) -> None:
+    test = await harness(max_requests=2)
+
+    statuses = []
+    for _ in range(4):
+        response = await test.request(b"GET /anthropic/v1/models HTTP/1.1\r\n\r\n")
+        statuses.append(response.split(b" ")[1])
+
+    assert statuses == [b"200", b"200", b"429", b"429"]
+    limits = [event for event in test.events if event["event"] == "limit"]
+    assert limits == [{"event": "limit", "agent": "alpha", "limit": "requests", "value": 3, "max": 2}]
+    assert len(test.upstream.heads) == 2
+
+
+@pytest.mark.anyio
+async def test_byte_limit_cuts_stream(harness: HarnessFactory) -> None:
+    # One response of this mock is 116 bytes: the first fits, the second crosses the limit mid-stream.
+    test = await harness(max_bytes=120)
+
+    first = await test.request(b"GET /anthropic/v1/models HTTP/1.1\r\n\r\n")
+    second = await test.request(b"GET /anthropic/v1/models HTTP/1.1\r\n\r\n")
+    third = await test.request(b"GET /anthropic/v1/models HTTP/1.1\r\n\r\n")
+
+    assert first.endswith(b"data: event 2\n\n")
+    assert b"data: event 2" not in second
+    assert third.startswith(b"HTTP/1.1 429")
+    assert [event["limit"] for event in test.events if event["event"] == "limit"] == ["bytes"]
+
+
+@pytest.mark.anyio
+async def test_header_smuggling_rejected(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    response = await test.request(
+        b"POST /anthropic/v1 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+
+    assert response.startswith(b"HTTP/1.1 400")
+    assert test.upstream.heads == []
+
+
+@pytest.mark.anyio
+async def test_expect_header_not_forwarded(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    await test.request(b"POST /anthropic/v1 HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi")
+
+    assert b"expect" not in test.upstream.heads[0].lower()
+    assert test.upstream.bodies == [b"hi"]
