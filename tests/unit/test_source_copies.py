@@ -349,6 +349,58 @@ def test_merge_rejects_checked_out_branch(plan_for: PlanFor, repository: Path) -
         merge_run(plan.run_dir.parent, plan.run_id, branch="main")
 
 
+def test_merge_rejects_symbolic_branch(plan_for: PlanFor, repository: Path) -> None:
+    # An alias such as master -> main: update-ref would follow it and move the checked-out main.
+    git(repository, "symbolic-ref", "refs/heads/master", "refs/heads/main")
+    head = git(repository, "rev-parse", "HEAD")
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+
+    with pytest.raises(InputError, match="symbolic ref to refs/heads/main"):
+        merge_run(plan.run_dir.parent, plan.run_id, branch="master")
+
+    assert git(repository, "rev-parse", "HEAD") == head
+    assert git(repository, "status", "--porcelain") == ""
+
+
+def start_rebase(repository: Path) -> str:
+    """Stop an interactive rebase of a new branch `feature` before its first step; return the branch's tip."""
+    git(repository, "checkout", "--quiet", "-b", "feature")
+    (repository / "b.txt").write_text("feature\n", encoding="utf-8")
+    git(repository, "commit", "--quiet", "--all", "-m", "feature")
+    git(repository, "checkout", "--quiet", "main")
+    (repository / "m.txt").write_text("main\n", encoding="utf-8")
+    git(repository, "add", "m.txt")
+    git(repository, "commit", "--quiet", "-m", "main")
+    git(repository, "checkout", "--quiet", "feature")
+    completed = subprocess.run(["git", "-C", str(repository), "rebase", "--interactive", "main"],
+                               capture_output=True, text=True, check=False,
+                               env={**os.environ, "GIT_SEQUENCE_EDITOR": "sed -i 1ibreak"})
+    assert completed.returncode == 0, completed.stderr
+    return git(repository, "rev-parse", "feature").strip()
+
+
+def test_merge_rejects_branch_being_rebased(plan_for: PlanFor, repository: Path) -> None:
+    tip = start_rebase(repository)
+    plan = finished_run(plan_for, repository, {"alpha": {"c.txt": "alpha\n"}})
+
+    with pytest.raises(InputError, match="feature is being rebased in"):
+        merge_run(plan.run_dir.parent, plan.run_id, branch="feature")
+
+    assert git(repository, "rev-parse", "feature").strip() == tip
+    git(repository, "-c", "core.editor=true", "rebase", "--continue")
+    assert git(repository, "show", "feature:m.txt") == "main\n"
+
+
+def test_merge_rejects_branch_being_bisected(plan_for: PlanFor, repository: Path) -> None:
+    git(repository, "checkout", "--quiet", "-b", "feature")
+    git(repository, "bisect", "start")
+    git(repository, "checkout", "--quiet", "--detach", "HEAD")
+    plan = finished_run(plan_for, repository, {"alpha": {"c.txt": "alpha\n"}})
+
+    with pytest.raises(InputError, match="feature is being bisected in"):
+        merge_run(plan.run_dir.parent, plan.run_id, branch="feature")
+
+
 def test_merge_branches_leaves_one_per_agent(plan_for: PlanFor, repository: Path) -> None:
     plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}, "beta": {"a.txt": "beta\n"}})
 
