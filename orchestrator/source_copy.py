@@ -36,6 +36,9 @@ BASELINE_RECORD = "baseline.json"
 PLAIN_STORE = "base.git"
 
 CopyKind = Literal["git", "plain"]
+# Switches off every conversion between a blob and its checked-out file: end of line, $Id$ expansion, filters
+# and encodings. It stays in the copy, so the agent's git agrees with what the copy's files hold.
+RAW_CHECKOUT_ATTRIBUTES = "* -text -ident -filter -working-tree-encoding\n"
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,11 @@ def _clone(request: CopyRequest, git_dir: Path, base: str, destination: Path, br
     git(None, "clone", "--quiet", transport, "--no-hardlinks", "--no-checkout", "--template=",
         os.path.abspath(request.source), os.path.abspath(destination))
     copy_git = Path(os.path.abspath(destination)) / ".git"
+    # Snapshots record the copy's bytes as they are, so the checkout must write each blob unchanged: an
+    # `eol=crlf`, `ident` or `working-tree-encoding` attribute in the user's .gitattributes would otherwise
+    # show as a change to every such file in `diff` and `merge`. info/attributes overrides .gitattributes.
+    (copy_git / "info").mkdir(exist_ok=True)
+    (copy_git / "info" / "attributes").write_text(RAW_CHECKOUT_ATTRIBUTES, encoding="utf-8")
     # The copy is still the orchestrator's own here: no container has seen it yet.
     git(copy_git, f"--work-tree={os.path.abspath(destination)}", "checkout", "--quiet", "-b", branch, base)
     git(copy_git, "remote", "remove", "origin")

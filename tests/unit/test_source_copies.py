@@ -342,6 +342,25 @@ def test_merge_twice_applies_nothing_new(plan_for: PlanFor, repository: Path) ->
     assert again.exit_code == 0
 
 
+def test_merge_leaves_attribute_conversions_out(plan_for: PlanFor, repository: Path) -> None:
+    # Checkout conversions that .gitattributes asks for would otherwise come back as changes of every such file.
+    (repository / ".gitattributes").write_text("*.bat text eol=crlf\n*.c ident\n", encoding="utf-8")
+    (repository / "run.bat").write_text("echo 1\necho 2\n", encoding="utf-8")
+    (repository / "x.c").write_text("/* $Id$ */\n", encoding="utf-8")
+    git(repository, "add", "--all")
+    git(repository, "commit", "--quiet", "-m", "attributes")
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+    copy = copy_path(plan.run_dir, "alpha")
+
+    merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+
+    assert (copy / "run.bat").read_bytes() == b"echo 1\necho 2\n"
+    assert (copy / "x.c").read_bytes() == b"/* $Id$ */\n"
+    assert git(copy, "-c", "safe.directory=*", "status", "--porcelain").split() == ["M", "a.txt"]
+    assert git(repository, "diff", "--name-only", "main", "result").split() == ["a.txt"]
+    assert [diff.text.count(b"diff --git") for diff in diff_run(plan.run_dir.parent, plan.run_id)] == [1]
+
+
 def test_merge_rejects_checked_out_branch(plan_for: PlanFor, repository: Path) -> None:
     plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
 
