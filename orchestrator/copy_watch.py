@@ -8,7 +8,8 @@ than at merge time. Paths inside `.git` folders never count: the walk skips them
 
 Every folder of a copy (outside `.git`) carries an inotify watch, added through the descriptor the walk
 opened with O_NOFOLLOW. Any event in a copy walks that copy again after a short quiet time. A walk reads
-only the files whose inode, size, times or mode changed since the last walk. A walk of every copy also runs every
+only the files whose inode, size, times or mode changed since the last walk, or whose ctime was within
+RACY_WINDOW_NS of it. A walk of every copy also runs every
 COPY_SCAN_INTERVAL seconds, which catches what inotify missed: a queue overflow, the watch limit, a moved
 folder.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +41,13 @@ COPY_SCAN_INTERVAL = 1.0
 MAX_COPY_WATCHES = 20_000
 # Quiet time after an event before the copy is walked, so a burst of writes costs one walk.
 EVENT_DEBOUNCE = 0.02
+# A file whose ctime is this close to the walk is read again on the next walk, whatever its stat key. Kernels
+# before 6.13 (which added multigrain timestamps) stamp times at timer-tick granularity, 1 to 10 ms, and some
+# file systems at 1 or 2 s. So a same-size rewrite right after a read can keep every stat field, which git
+# calls racily clean.
+# NOTE: this compares the file's ctime with this machine's clock, so on a network file system whose server
+# clock runs behind by more than the window such a rewrite can still go unseen.
+RACY_WINDOW_NS = 2_000_000_000
 # Stands for a FIFO, socket or device in a copy: never equal to a starting blob id.
 SPECIAL = "special"
 
@@ -54,17 +63,23 @@ class CopyState:
         self.agent = agent
         self.root = root
         self.known: dict[str, tuple[StatKey, str]] = {}
+        # Paths read while their ctime was recent, so an unchanged stat key does not prove unchanged content.
+        self.racy: set[str] = set()
         self.changed: set[str] = set()
 
     def rescan(self, baseline: dict[str, str], on_folder: OnFolder | None = None) -> set[str]:
         """Walk the copy, update what is known, and return the paths that now differ from the baseline."""
         known = self.known
+        racy = self.racy
+        # Entries whose last change is this recent may change again within the same timestamp tick.
+        recent = time.time_ns() - RACY_WINDOW_NS
 
         def unread(path: str, info: os.stat_result) -> bool:
             previous = known.get(path)
-            return previous is None or previous[0] != stat_key(info)
+            return previous is None or previous[0] != stat_key(info) or path in racy
 
         current: dict[str, tuple[StatKey, str]] = {}
+        now_racy: set[str] = set()
         for item in walk(self.root, want_data=unread, on_folder=on_folder):
             if item.kind == "other":
                 blob = SPECIAL
@@ -73,7 +88,10 @@ class CopyState:
             else:
                 blob = item_blob_id(item)
             current[item.path] = (stat_key(item.info), blob)
+            if item.info.st_ctime_ns >= recent:
+                now_racy.add(item.path)
         self.known = current
+        self.racy = now_racy
         changed = {path for path, (_key, blob) in current.items() if baseline.get(path) != blob}
         changed.update(path for path in baseline if path not in current)
         return changed

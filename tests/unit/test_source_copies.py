@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from orchestrator import copy_watch
 from orchestrator.copy_tree import blob_id, read_all, walk
 from orchestrator.copy_watch import CopyState, CopyWatch
 from orchestrator.diffing import diff_run, terminal_safe
@@ -264,6 +265,23 @@ def test_equal_rewrite_is_no_change(tmp_path: Path) -> None:
     (state.root / "a.txt").unlink()
     (state.root / ".git").mkdir()
     (state.root / ".git" / "index").write_text("x", encoding="utf-8")
+    assert state.rescan(baseline) == {"a.txt"}
+
+
+def test_rewrite_within_timestamp_tick_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kernels before 6.13 stamp a write at timer-tick granularity, so a same-size rewrite right after a walk
+    # read the file can keep its ctime. Leaving ctime out of the key makes that happen on any kernel.
+    monkeypatch.setattr(copy_watch, "stat_key",
+                        lambda info: (info.st_ino, info.st_size, info.st_mtime_ns, 0, info.st_mode))
+    state = state_with(tmp_path, "alpha", {"a.txt": "a\n"})
+    baseline = {"a.txt": blob_id(b"a\n")}
+    path = state.root / "a.txt"
+    assert state.rescan(baseline) == set()
+
+    before = path.stat()
+    path.write_text("x\n", encoding="utf-8")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
     assert state.rescan(baseline) == {"a.txt"}
 
 
