@@ -117,7 +117,7 @@ def main() -> None:
         state.rescan(baseline)
         later_walk = time.monotonic() - started
 
-        target = sorted(baseline)[0]
+        target = sorted(baseline.blobs)[0]
         detect = anyio.run(detection_times, run_dir, target, arguments.repeat)
 
     print(json.dumps({

@@ -17,7 +17,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +48,22 @@ class TreeItem:
     target: bytes | None = None
     # The opened file, for files the caller wanted: valid only until the walk moves to the next entry.
     fd: int | None = None
+
+
+@dataclass
+class Baseline:
+    """The blob id and size of every file and link of a copy at the start, by relative path."""
+
+    blobs: dict[str, str] = field(default_factory=dict)
+    # A file whose size differs from this cannot hold the starting content, so the monitor need not read it.
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, item: TreeItem, blob: str) -> None:
+        self.blobs[item.path] = blob
+        self.sizes[item.path] = len(item.target) if item.target is not None else item.info.st_size
+
+    def to_json(self) -> dict[str, dict[str, str] | dict[str, int]]:
+        return {"blobs": self.blobs, "sizes": self.sizes}
 
 
 def blob_id(data: bytes) -> str:

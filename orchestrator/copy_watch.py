@@ -26,7 +26,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
-from .copy_tree import item_blob_id, stat_key, walk
+from .copy_tree import Baseline, item_blob_id, stat_key, walk
 from .inotify import IN_IGNORED, IN_Q_OVERFLOW, Inotify, WatchLimitReached
 from .layout import SOURCE_TARGET
 from .plan import RunPlan
@@ -50,6 +50,8 @@ EVENT_DEBOUNCE = 0.02
 RACY_WINDOW_NS = 2_000_000_000
 # Stands for a FIFO, socket or device in a copy: never equal to a starting blob id.
 SPECIAL = "special"
+# Stands for a file whose size differs from its starting size, or that did not exist at the start.
+RESIZED = "resized"
 
 Report = Callable[[Violation], None]
 StatKey = tuple[int, int, int, int, int]
@@ -67,14 +69,21 @@ class CopyState:
         self.racy: set[str] = set()
         self.changed: set[str] = set()
 
-    def rescan(self, baseline: dict[str, str], on_folder: OnFolder | None = None) -> set[str]:
-        """Walk the copy, update what is known, and return the paths that now differ from the baseline."""
+    def rescan(self, baseline: Baseline, on_folder: OnFolder | None = None) -> set[str]:
+        """Walk the copy, update what is known, and return the paths that now differ from the baseline.
+
+        Only files of their starting size are read: any other size cannot be the starting content. So an
+        agent's new or grown files, such as a sparse file of a terabyte, cost a stat, not a read.
+        """
         known = self.known
         racy = self.racy
+        sizes = baseline.sizes
         # Entries whose last change is this recent may change again within the same timestamp tick.
         recent = time.time_ns() - RACY_WINDOW_NS
 
         def unread(path: str, info: os.stat_result) -> bool:
+            if sizes.get(path) != info.st_size:
+                return False
             previous = known.get(path)
             return previous is None or previous[0] != stat_key(info) or path in racy
 
@@ -83,7 +92,12 @@ class CopyState:
         for item in walk(self.root, want_data=unread, on_folder=on_folder):
             if item.kind == "other":
                 blob = SPECIAL
-            elif item.kind == "file" and item.fd is None:
+            elif item.kind == "link":
+                blob = item_blob_id(item)
+            elif sizes.get(item.path) != item.info.st_size:
+                # Checked again on the opened file, which may have grown since its lstat.
+                blob = RESIZED
+            elif item.fd is None:
                 blob = known[item.path][1]
             else:
                 blob = item_blob_id(item)
@@ -92,8 +106,8 @@ class CopyState:
                 now_racy.add(item.path)
         self.known = current
         self.racy = now_racy
-        changed = {path for path, (_key, blob) in current.items() if baseline.get(path) != blob}
-        changed.update(path for path in baseline if path not in current)
+        changed = {path for path, (_key, blob) in current.items() if baseline.blobs.get(path) != blob}
+        changed.update(path for path in baseline.blobs if path not in current)
         return changed
 
 
@@ -106,7 +120,7 @@ class CopyWatch:
         self.interval = interval
         self.states = {agent.name: CopyState(agent.name, agent.source_copy) for agent in plan.agents
                        if agent.source_copy is not None}
-        self._baseline: dict[str, str] = {}
+        self._baseline = Baseline()
         self._reported: set[str] = set()
         self._stopped: set[str] = set()
         self._closing: set[str] = set()

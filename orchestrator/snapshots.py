@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .copy_tree import TreeItem, blob_id, item_blob_id, read_chunks, walk
+from .copy_tree import Baseline, TreeItem, blob_id, item_blob_id, read_chunks, walk
 from .host_git import git, git_stream, git_text, repository_lock
 from .results import printable
 
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Snapshot:
     commit: str
-    # Blob id of every file and link, by path: the content the snapshot recorded.
-    blobs: dict[str, str] = field(default_factory=dict)
+    # Blob id and size of every file and link, by path: the content the snapshot recorded.
+    recorded: Baseline = field(default_factory=Baseline)
     # Entries that are neither files nor links (FIFOs, sockets, devices): git cannot store them.
     special: list[str] = field(default_factory=list)
     # Entries left out: unreadable, nested too deep, or symlinks named like `.gitmodules`.
@@ -128,7 +128,7 @@ def _entry(item: TreeItem, result: Snapshot) -> Iterator[bytes]:
         return
     if item.target is not None:
         mode, size = LINK_MODE, len(item.target)
-        result.blobs[item.path] = blob_id(item.target)
+        result.recorded.add(item, blob_id(item.target))
     else:
         mode, size = (EXECUTABLE_MODE if item.executable else FILE_MODE), item.info.st_size
     yield b"M " + mode + b" inline " + quote_path(item.path) + b"\n"
@@ -140,10 +140,14 @@ def _entry(item: TreeItem, result: Snapshot) -> Iterator[bytes]:
         for chunk in read_chunks(item):
             digest.update(chunk)
             yield chunk
-        result.blobs[item.path] = digest.hexdigest()
+        result.recorded.add(item, digest.hexdigest())
     yield b"\n"
 
 
-def tree_blobs(copy: Path) -> dict[str, str]:
-    """Return the blob id of every file and link in a copy, as a snapshot would record them."""
-    return {item.path: item_blob_id(item) for item in walk(copy) if item.kind != "other"}
+def tree_baseline(copy: Path) -> Baseline:
+    """Return the blob id and size of every file and link in a copy, as a snapshot would record them."""
+    baseline = Baseline()
+    for item in walk(copy):
+        if item.kind != "other":
+            baseline.add(item, item_blob_id(item))
+    return baseline

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from orchestrator import copy_watch
-from orchestrator.copy_tree import blob_id, read_all, walk
+from orchestrator.copy_tree import Baseline, TreeItem, blob_id, item_blob_id, read_all, walk
 from orchestrator.copy_watch import CopyState, CopyWatch
 from orchestrator.diffing import diff_run, terminal_safe
 from orchestrator.errors import InputError, ManifestError, PlanError
@@ -176,7 +176,8 @@ def test_plain_copy_leaves_out_runs_folder(plan_for: PlanFor, source_dir: Path) 
     assert sorted(os.listdir(copy)) == ["app.py", "link.py", "tool.sh"]
     assert os.readlink(copy / "link.py") == "app.py"
     assert os.stat(copy / "tool.sh").st_mode & 0o100
-    assert set(load_baseline(plan.run_dir)) == {"app.py", "link.py", "tool.sh"}
+    assert set(load_baseline(plan.run_dir).blobs) == {"app.py", "link.py", "tool.sh"}
+    assert load_baseline(plan.run_dir).sizes["link.py"] == len("app.py")
 
 
 # -- reading a copy ------------------------------------------------------------------------------------------
@@ -252,9 +253,14 @@ def state_with(tmp_path: Path, name: str, files: dict[str, str]) -> CopyState:
     return CopyState(name, root)
 
 
+def baseline_of(files: dict[str, bytes]) -> Baseline:
+    return Baseline(blobs={path: blob_id(data) for path, data in files.items()},
+                    sizes={path: len(data) for path, data in files.items()})
+
+
 def test_equal_rewrite_is_no_change(tmp_path: Path) -> None:
     state = state_with(tmp_path, "alpha", {"a.txt": "a\n", "b.txt": "b\n"})
-    baseline = {"a.txt": blob_id(b"a\n"), "b.txt": blob_id(b"b\n")}
+    baseline = baseline_of({"a.txt": b"a\n", "b.txt": b"b\n"})
     assert state.rescan(baseline) == set()
 
     (state.root / "a.txt").write_text("a\n", encoding="utf-8")
@@ -274,7 +280,7 @@ def test_rewrite_within_timestamp_tick_found(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(copy_watch, "stat_key",
                         lambda info: (info.st_ino, info.st_size, info.st_mtime_ns, 0, info.st_mode))
     state = state_with(tmp_path, "alpha", {"a.txt": "a\n"})
-    baseline = {"a.txt": blob_id(b"a\n")}
+    baseline = baseline_of({"a.txt": b"a\n"})
     path = state.root / "a.txt"
     assert state.rescan(baseline) == set()
 
@@ -283,6 +289,25 @@ def test_rewrite_within_timestamp_tick_found(tmp_path: Path, monkeypatch: pytest
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
     assert state.rescan(baseline) == {"a.txt"}
+
+
+def test_walk_reads_only_starting_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A sparse file of a terabyte costs no disk, but hashing it would hold the copy watch for an hour.
+    read: list[str] = []
+
+    def recording_blob_id(item: TreeItem) -> str:
+        read.append(item.path)
+        return item_blob_id(item)
+
+    monkeypatch.setattr(copy_watch, "item_blob_id", recording_blob_id)
+    state = state_with(tmp_path, "alpha", {"a.txt": "a\n", "b.txt": "b\n"})
+    baseline = baseline_of({"a.txt": b"a\n", "b.txt": b"b\n"})
+    os.truncate(state.root / "b.txt", 1 << 20)
+    with open(state.root / "sparse", "wb") as handle:
+        handle.truncate(1 << 20)
+
+    assert state.rescan(baseline) == {"b.txt", "sparse"}
+    assert read == ["a.txt"]
 
 
 def test_second_change_reports_conflict(plan_for: PlanFor, repository: Path) -> None:
