@@ -35,7 +35,8 @@ class Snapshot:
     recorded: Baseline = field(default_factory=Baseline)
     # Entries that are neither files nor links (FIFOs, sockets, devices): git cannot store them.
     special: list[str] = field(default_factory=list)
-    # Entries left out: unreadable, nested too deep, or symlinks named like `.gitmodules`.
+    # Entries the walk did not read (unreadable, nested too deep, symlinks named like `.gitmodules`). They keep
+    # their starting content in the commit, or are left out when the start did not have them.
     skipped: list[str] = field(default_factory=list)
 
 
@@ -68,13 +69,14 @@ def take_snapshot(
     """Write the copy's files as one commit on `ref` of the repository at `git_dir`; return what was recorded."""
     result = Snapshot(commit="")
     with repository_lock(git_dir):
-        gitlinks = _gitlinks(git_dir, parent) if parent is not None else {}
+        starting = _tree_entries(git_dir, parent) if parent is not None else {}
         git_stream(git_dir, ["fast-import", "--quiet", "--force", "--done"],
-                   _stream(copy, result, parent=parent, ref=ref, author=author, message=message, gitlinks=gitlinks))
+                   _stream(copy, result, parent=parent, ref=ref, author=author, message=message, starting=starting))
         result.commit = git_text(git_dir, "rev-parse", "--verify", f"{ref}^{{commit}}")
     if result.skipped:
-        log.warning("%s: %d entries are left out of commit %s, because they could not be read, are nested too "
-                    "deep or are symlinks named like git's own files: %s", copy, len(result.skipped),
+        log.warning("%s: %d entries keep their starting content (or are left out when new) in commit %s, because "
+                    "they could not be read, are nested too deep or are symlinks named like git's own files: %s",
+                    copy, len(result.skipped),
                     result.commit[:12], ", ".join(printable(path) for path in result.skipped[:10]))
     if result.special:
         log.warning("%s: %d FIFOs, sockets or devices are not recorded in commit %s: %s", copy,
@@ -82,16 +84,16 @@ def take_snapshot(
     return result
 
 
-def _gitlinks(git_dir: Path, commit: str) -> dict[str, str]:
-    """Return the submodules of a commit: path to the commit each one records."""
-    listing = git(git_dir, "ls-tree", "-r", "-z", commit).stdout
-    links = {}
+def _tree_entries(git_dir: Path, commit: str) -> dict[str, tuple[bytes, str]]:
+    """Return every entry of a commit's tree, folders and submodules included: path to mode and object id."""
+    listing = git(git_dir, "ls-tree", "-r", "-t", "-z", commit).stdout
+    entries = {}
     for record in listing.split(b"\x00"):
         header, _, path = record.partition(b"\t")
         fields = header.split()
-        if len(fields) == 3 and fields[0] == GITLINK_MODE:
-            links[path.decode("utf-8", "surrogateescape")] = fields[2].decode()
-    return links
+        if len(fields) == 3:
+            entries[path.decode("utf-8", "surrogateescape")] = (fields[0], fields[2].decode())
+    return entries
 
 
 def _stream(
@@ -102,7 +104,7 @@ def _stream(
     ref: str,
     author: tuple[str, str],
     message: str,
-    gitlinks: dict[str, str],
+    starting: dict[str, tuple[bytes, str]],
 ) -> Iterator[bytes]:
     now = int(time.time())
     name, email = author
@@ -115,11 +117,23 @@ def _stream(
         yield b"from " + parent.encode() + b"\n"
     yield b"deleteall\n"
     # A clone leaves submodules empty, so each keeps the commit the start recorded, whatever its folder contains.
-    for path, commit in gitlinks.items():
-        yield b"M " + GITLINK_MODE + b" " + commit.encode() + b" " + quote_path(path) + b"\n"
+    gitlinks = [path for path, (mode, _oid) in starting.items() if mode == GITLINK_MODE]
+    for path in gitlinks:
+        yield _keep(path, starting[path])
     for item in walk(copy, skipped=result.skipped, exclude=gitlinks):
         yield from _entry(item, result)
+    # What the walk could not read keeps its starting content. Left out, a file nested deeper than the walk
+    # goes, or one the agent made unreadable, would count as deleted, and merge would delete it.
+    for path in result.skipped:
+        if path in starting:
+            yield _keep(path, starting[path])
     yield b"\ndone\n"
+
+
+def _keep(path: str, entry: tuple[bytes, str]) -> bytes:
+    """Return the command that sets `path` to an object of the starting commit (a blob, tree or submodule)."""
+    mode, oid = entry
+    return b"M " + mode + b" " + oid.encode() + b" " + quote_path(path) + b"\n"
 
 
 def _entry(item: TreeItem, result: Snapshot) -> Iterator[bytes]:

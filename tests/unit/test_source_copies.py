@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from orchestrator import copy_watch
-from orchestrator.copy_tree import Baseline, TreeItem, blob_id, item_blob_id, read_all, walk
+from orchestrator.copy_tree import MAX_DEPTH, Baseline, TreeItem, blob_id, item_blob_id, read_all, walk
 from orchestrator.copy_watch import CopyState, CopyWatch
 from orchestrator.diffing import diff_run, terminal_safe
 from orchestrator.errors import InputError, ManifestError, PlanError
@@ -580,6 +580,21 @@ def test_submodule_kept_through_merge(plan_for: PlanFor, repository: Path, tmp_p
 
     assert [item.outcome for item in report.items] == ["applied"]
     assert git(repository, "rev-parse", "result:lib").strip() == pinned
+    assert git(repository, "diff", "--name-only", "main", "result").split() == ["a.txt"]
+
+
+def test_merge_keeps_files_nested_too_deep(plan_for: PlanFor, repository: Path) -> None:
+    # The walk stops at MAX_DEPTH, so what lies deeper would otherwise count as deleted by every agent.
+    deep = repository.joinpath(*["d"] * (MAX_DEPTH + 2))
+    deep.mkdir(parents=True)
+    (deep / "deep.txt").write_text("deep\n", encoding="utf-8")
+    git(repository, "add", "--all")
+    git(repository, "commit", "--quiet", "-m", "deep")
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+
+    report = merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+
+    assert [item.outcome for item in report.items] == ["applied"]
     assert git(repository, "diff", "--name-only", "main", "result").split() == ["a.txt"]
 
 
