@@ -26,6 +26,7 @@ from orchestrator.plan_checks import shared_writable_mounts
 from orchestrator.run_copies import prepare_run_copies, remove_snapshot_refs, snapshot_run
 from orchestrator.snapshots import quote_path
 from orchestrator.source_copy import CopyRequest, copy_path, load_baseline, prepare_copies
+from orchestrator.status import RunLock
 from orchestrator.violations import Violation
 
 from .conftest import agent, manifest_data
@@ -488,6 +489,26 @@ def test_diff_of_unknown_agent_rejected(plan_for: PlanFor, repository: Path) -> 
 
     with pytest.raises(InputError, match="no agent 'omega'"):
         diff_run(plan.run_dir.parent, plan.run_id, "omega")
+
+
+def test_merge_after_crash_ignores_live_diff(plan_for: PlanFor, repository: Path) -> None:
+    # A diff while the run is active records the copy as it is then. If the run then dies before its final
+    # snapshot, merge must take the copy, not that earlier state.
+    plan = copy_plan(plan_for, repository, "alpha")
+    prepare_run_copies(plan)
+    copy = copy_path(plan.run_dir, "alpha")
+    run_lock = RunLock(plan.run_dir)
+    (copy / "a.txt").write_text("early\n", encoding="utf-8")
+    early = diff_run(plan.run_dir.parent, plan.run_id)
+    (copy / "a.txt").write_text("late\n", encoding="utf-8")
+    run_lock.release()
+
+    merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+
+    assert b"+early" in early[0].text
+    assert git(repository, "show", "result:a.txt") == "late\n"
+    assert len(remove_snapshot_refs(plan.run_dir, plan.run_id)) == 2
+    assert git(repository, "for-each-ref", "refs/orchestrate") == ""
 
 
 def test_cleanup_refs_keeps_merged_branch(plan_for: PlanFor, repository: Path) -> None:
