@@ -50,6 +50,11 @@ class TreeItem:
     fd: int | None = None
 
 
+# Marks a link's blob id in a Baseline: a file replaced by a link whose target text equals the file's content
+# has the same blob id, yet it is a change.
+LINK_MARK = "link:"
+
+
 @dataclass
 class Baseline:
     """The blob id and size of every file and link of a copy at the start, by relative path."""
@@ -59,7 +64,7 @@ class Baseline:
     sizes: dict[str, int] = field(default_factory=dict)
 
     def add(self, item: TreeItem, blob: str) -> None:
-        self.blobs[item.path] = blob
+        self.blobs[item.path] = LINK_MARK + blob if item.target is not None else blob
         self.sizes[item.path] = len(item.target) if item.target is not None else item.info.st_size
 
     def to_json(self) -> dict[str, dict[str, str] | dict[str, int]]:

@@ -24,7 +24,7 @@ from orchestrator.layout import SOURCE_TARGET
 from orchestrator.plan import RunPlan
 from orchestrator.plan_checks import shared_writable_mounts
 from orchestrator.run_copies import prepare_run_copies, remove_snapshot_refs, snapshot_run
-from orchestrator.snapshots import quote_path
+from orchestrator.snapshots import quote_path, tree_baseline
 from orchestrator.source_copy import CopyRequest, copy_path, load_baseline, prepare_copies
 from orchestrator.status import RunLock
 from orchestrator.violations import Violation
@@ -273,6 +273,21 @@ def test_equal_rewrite_is_no_change(tmp_path: Path) -> None:
     (state.root / ".git").mkdir()
     (state.root / ".git" / "index").write_text("x", encoding="utf-8")
     assert state.rescan(baseline) == {"a.txt"}
+
+
+def test_file_swapped_for_link_is_change(tmp_path: Path) -> None:
+    # The link's target text equals the file's content, so both have the same blob id.
+    state = state_with(tmp_path, "alpha", {"x": "b.txt", "y": "y\n"})
+    os.symlink("x", state.root / "link")
+    baseline = tree_baseline(state.root)
+    assert state.rescan(baseline) == set()
+
+    (state.root / "x").unlink()
+    os.symlink("b.txt", state.root / "x")
+    (state.root / "link").unlink()
+    (state.root / "link").write_text("x", encoding="utf-8")
+
+    assert state.rescan(baseline) == {"x", "link"}
 
 
 def test_rewrite_within_timestamp_tick_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
