@@ -118,7 +118,7 @@ HFS_IGNORED = frozenset([*range(0x200C, 0x2010), *range(0x202A, 0x202F), *range(
 NTFS_SHORT_NAME = re.compile(r"git[a-z]{0,3}~[0-9]")
 
 
-def _folded(name: str) -> str:
+def folded_name(name: str) -> str:
     """Return `name` as HFS+ and NTFS compare it: ignored code points dropped, lower case, no stream or tail."""
     text = "".join(char for char in name if ord(char) not in HFS_IGNORED).lower()
     # NTFS ends a name at an alternate data stream (':') or a path separator, and drops trailing dots and spaces.
@@ -128,12 +128,12 @@ def _folded(name: str) -> str:
 
 def is_git_name(name: str) -> bool:
     """Return whether a checkout on some file system could write `name` as the `.git` folder."""
-    return _folded(name) == GIT_FOLDER or name.lower().rstrip(" .") == "git~1"
+    return folded_name(name) == GIT_FOLDER or name.lower().rstrip(" .") == "git~1"
 
 
 def is_special_git_link(name: str) -> bool:
     """Return whether a symlink named `name` could stand for `.gitmodules`, `.gitattributes` or the like."""
-    folded = _folded(name)
+    folded = folded_name(name)
     return folded.startswith(GIT_FOLDER) or NTFS_SHORT_NAME.fullmatch(folded) is not None
 
 

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .copy_tree import Baseline, TreeItem, blob_id, item_blob_id, read_chunks, walk
+from .copy_tree import Baseline, TreeItem, blob_id, item_blob_id, read_all, read_chunks, walk
+from .fsck_files import MAX_CHECKED_SIZE, checked_name, fsck_problem
 from .host_git import git, git_stream, git_text, repository_lock
 from .results import printable
 
@@ -75,7 +76,8 @@ def take_snapshot(
         result.commit = git_text(git_dir, "rev-parse", "--verify", f"{ref}^{{commit}}")
     if result.skipped:
         log.warning("%s: %d entries keep their starting content (or are left out when new) in commit %s, because "
-                    "they could not be read, are nested too deep or are symlinks named like git's own files: %s",
+                    "they could not be read, are nested too deep, are symlinks named like git's own files or would "
+                    "fail git fsck: %s",
                     copy, len(result.skipped),
                     result.commit[:12], ", ".join(printable(path) for path in result.skipped[:10]))
     if result.special:
@@ -121,7 +123,10 @@ def _stream(
     for path in gitlinks:
         yield _keep(path, starting[path])
     for item in walk(copy, skipped=result.skipped, exclude=gitlinks):
-        yield from _entry(item, result)
+        if item.fd is not None and checked_name(item.path.rsplit("/", 1)[-1]) is not None:
+            yield from _checked_entry(item, result, starting)
+        else:
+            yield from _entry(item, result)
     # What the walk could not read keeps its starting content. Left out, a file nested deeper than the walk
     # goes, or one the agent made unreadable, would count as deleted, and merge would delete it.
     for path in result.skipped:
@@ -134,6 +139,28 @@ def _keep(path: str, entry: tuple[bytes, str]) -> bytes:
     """Return the command that sets `path` to an object of the starting commit (a blob, tree or submodule)."""
     mode, oid = entry
     return b"M " + mode + b" " + oid.encode() + b" " + quote_path(path) + b"\n"
+
+
+def _checked_entry(item: TreeItem, result: Snapshot, starting: dict[str, tuple[bytes, str]]) -> Iterator[bytes]:
+    """Record a `.gitmodules` or `.gitattributes` file only when git fsck accepts it or it is unchanged."""
+    name = checked_name(item.path.rsplit("/", 1)[-1])
+    assert name is not None
+    data = read_all(item) if item.info.st_size <= MAX_CHECKED_SIZE else b""
+    if item.info.st_size > MAX_CHECKED_SIZE:
+        problem: str | None = f"larger than {MAX_CHECKED_SIZE} bytes"
+    elif starting.get(item.path, (b"", ""))[1] == blob_id(data):
+        problem = None
+    else:
+        problem = fsck_problem(name, data)
+    if problem is not None:
+        # Left to the end of the stream, which keeps the starting content or leaves the file out.
+        log.warning("%s is not recorded, because git fsck would reject it: %s", printable(item.path), problem)
+        result.skipped.append(item.path)
+        return
+    mode = EXECUTABLE_MODE if item.executable else FILE_MODE
+    yield b"M " + mode + b" inline " + quote_path(item.path) + b"\n"
+    yield b"data %d\n" % len(data) + data + b"\n"
+    result.recorded.add(item, blob_id(data))
 
 
 def _entry(item: TreeItem, result: Snapshot) -> Iterator[bytes]:

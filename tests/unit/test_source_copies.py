@@ -600,6 +600,31 @@ def test_snapshot_leaves_out_git_lookalikes(plan_for: PlanFor, repository: Path)
     assert fsck.returncode == 0, fsck.stderr
 
 
+def test_snapshot_leaves_out_files_fsck_rejects(plan_for: PlanFor, repository: Path) -> None:
+    # A submodule name with `..` or a URL that reads as an option once let a clone run code; git fsck of
+    # the user's whole repository fails while any tree names such a blob.
+    bad = '[submodule "../../x"]\n\tpath = lib\n\turl = -u./payload\n'
+    plan = copy_plan(plan_for, repository, "alpha")
+    prepare_run_copies(plan)
+    copy = copy_path(plan.run_dir, "alpha")
+    (copy / ".gitmodules").write_text(bad, encoding="utf-8")
+    (copy / ".gitattributes").write_text("*.bin binary\n", encoding="utf-8")
+    (copy / "sub").mkdir()
+    (copy / "sub" / ".GITMODULES").write_text(bad, encoding="utf-8")
+    snapshot_run(plan)
+
+    report = merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+
+    assert [item.outcome for item in report.items] == ["applied"]
+    tree = git(repository, "ls-tree", "-r", "--name-only", "result").split()
+    assert ".gitmodules" not in tree
+    assert "sub/.GITMODULES" not in tree
+    assert ".gitattributes" in tree
+    fsck = subprocess.run(["git", "-C", str(repository), "fsck", "--strict"], capture_output=True, text=True,
+                          check=False)
+    assert fsck.returncode == 0, fsck.stderr
+
+
 def test_submodule_kept_through_merge(plan_for: PlanFor, repository: Path, tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()
