@@ -53,6 +53,15 @@ class TreeItem:
 # Marks a link's blob id in a Baseline: a file replaced by a link whose target text equals the file's content
 # has the same blob id, yet it is a change.
 LINK_MARK = "link:"
+# Marks an executable file's blob id, since git records the executable bit and a chmod alone is a change.
+EXECUTABLE_MARK = "exec:"
+
+
+def content_key(item: TreeItem, blob: str) -> str:
+    """Return what a Baseline records for an entry: its blob id, marked for a link or an executable file."""
+    if item.target is not None:
+        return LINK_MARK + blob
+    return EXECUTABLE_MARK + blob if item.executable else blob
 
 
 @dataclass
@@ -64,7 +73,7 @@ class Baseline:
     sizes: dict[str, int] = field(default_factory=dict)
 
     def add(self, item: TreeItem, blob: str) -> None:
-        self.blobs[item.path] = LINK_MARK + blob if item.target is not None else blob
+        self.blobs[item.path] = content_key(item, blob)
         self.sizes[item.path] = len(item.target) if item.target is not None else item.info.st_size
 
     def to_json(self) -> dict[str, dict[str, str] | dict[str, int]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
-from .copy_tree import LINK_MARK, Baseline, item_blob_id, stat_key, walk
+from .copy_tree import Baseline, content_key, item_blob_id, stat_key, walk
 from .inotify import IN_IGNORED, IN_Q_OVERFLOW, Inotify, WatchLimitReached
 from .layout import SOURCE_TARGET
 from .plan import RunPlan
@@ -93,14 +93,14 @@ class CopyState:
             if item.kind == "other":
                 blob = SPECIAL
             elif item.kind == "link":
-                blob = LINK_MARK + item_blob_id(item)
+                blob = content_key(item, item_blob_id(item))
             elif sizes.get(item.path) != item.info.st_size:
                 # Checked again on the opened file, which may have grown since its lstat.
                 blob = RESIZED
             elif item.fd is None:
                 blob = known[item.path][1]
             else:
-                blob = item_blob_id(item)
+                blob = content_key(item, item_blob_id(item))
             current[item.path] = (stat_key(item.info), blob)
             if item.info.st_ctime_ns >= recent:
                 now_racy.add(item.path)

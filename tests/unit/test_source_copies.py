@@ -290,6 +290,16 @@ def test_file_swapped_for_link_is_change(tmp_path: Path) -> None:
     assert state.rescan(baseline) == {"x", "link"}
 
 
+def test_executable_bit_alone_is_change(tmp_path: Path) -> None:
+    state = state_with(tmp_path, "alpha", {"run.sh": "echo\n"})
+    baseline = tree_baseline(state.root)
+    assert state.rescan(baseline) == set()
+
+    os.chmod(state.root / "run.sh", 0o755)
+
+    assert state.rescan(baseline) == {"run.sh"}
+
+
 def test_rewrite_within_timestamp_tick_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Kernels before 6.13 stamp a write at timer-tick granularity, so a same-size rewrite right after a walk
     # read the file can keep its ctime. Leaving ctime out of the key makes that happen on any kernel.
