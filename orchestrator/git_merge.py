@@ -103,7 +103,11 @@ def _leave_branches(plan: RunPlan, record: CopySource, commits: dict[str, str]) 
 
 def _merge_onto(plan: RunPlan, record: CopySource, commits: dict[str, str], target: str) -> MergeReport:
     git_dir = record.git_dir
-    if git(git_dir, "check-ref-format", "--branch", target, check=False).returncode != 0:
+    checked = git(git_dir, "check-ref-format", "--branch", target, check=False)
+    # check-ref-format expands shorthands such as @{-1} (the branch checked out before) and prints the result;
+    # a name that starts with refs/ would make a branch refs/heads/refs/..., which `git branch -D` cannot name.
+    if checked.returncode != 0 or checked.stdout.decode(errors="replace").strip() != target \
+            or target.startswith("refs/"):
         raise InputError(f"--branch '{target}' is not a valid branch name; use a name such as agents-result")
     alias_of = symbolic_target(git_dir, target)
     if alias_of is not None:

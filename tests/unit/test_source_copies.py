@@ -437,6 +437,19 @@ def test_merge_rejects_checked_out_branch(plan_for: PlanFor, repository: Path) -
         merge_run(plan.run_dir.parent, plan.run_id, branch="main")
 
 
+@pytest.mark.parametrize("name", ["@{-1}", "refs/heads/main", "HEAD", "-x", "a..b"])
+def test_merge_rejects_invalid_branch_name(plan_for: PlanFor, repository: Path, name: str) -> None:
+    git(repository, "checkout", "--quiet", "-b", "other")
+    git(repository, "checkout", "--quiet", "main")
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+
+    with pytest.raises(InputError, match="not a valid branch name"):
+        merge_run(plan.run_dir.parent, plan.run_id, branch=name)
+
+    assert git(repository, "for-each-ref", "--format=%(refname)", "refs/heads").split() == [
+        "refs/heads/main", "refs/heads/other"]
+
+
 def test_merge_rejects_symbolic_branch(plan_for: PlanFor, repository: Path) -> None:
     # An alias such as master -> main: update-ref would follow it and move the checked-out main.
     git(repository, "symbolic-ref", "refs/heads/master", "refs/heads/main")
