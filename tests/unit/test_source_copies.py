@@ -529,6 +529,20 @@ def test_diff_of_unknown_agent_rejected(plan_for: PlanFor, repository: Path) -> 
         diff_run(plan.run_dir.parent, plan.run_id, "omega")
 
 
+def test_merge_of_active_run_rejected(plan_for: PlanFor, repository: Path) -> None:
+    plan = copy_plan(plan_for, repository, "alpha")
+    prepare_run_copies(plan)
+    (copy_path(plan.run_dir, "alpha") / "a.txt").write_text("alpha\n", encoding="utf-8")
+    run_lock = RunLock(plan.run_dir)
+    try:
+        with pytest.raises(InputError, match="still running"):
+            merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+    finally:
+        run_lock.release()
+
+    assert git(repository, "for-each-ref", "refs/heads/result") == ""
+
+
 def test_merge_after_crash_ignores_live_diff(plan_for: PlanFor, repository: Path) -> None:
     # A diff while the run is active records the copy as it is then. If the run then dies before its final
     # snapshot, merge must take the copy, not that earlier state.
