@@ -68,6 +68,7 @@ def content_key(item: TreeItem, blob: str) -> str:
 class Baseline:
     """The blob id and size of every file and link of a copy at the start, by relative path."""
 
+    # Blob ids as `content_key` marks them, so a link or an executable file differs from a plain file.
     blobs: dict[str, str] = field(default_factory=dict)
     # A file whose size differs from this cannot hold the starting content, so the monitor need not read it.
     sizes: dict[str, int] = field(default_factory=dict)

@@ -1,7 +1,7 @@
 """Watch agents' source copies while they run: which files each agent changed, and overlaps between agents.
 
-A file counts as changed when its content differs from the starting point (its blob id differs from the one
-recorded when the copies were made), or when it was deleted. Rewriting a file with equal content, or
+A file counts as changed when its content, executable bit or type (file or link) differs from the starting
+point recorded when the copies were made, or when it was deleted. Rewriting a file with equal content, or
 reverting it, is no change. As soon as two agents have changed the same path, the monitor reports a
 `write-conflict`, whose policy decides what happens, so the overlap shows while the agents still run rather
 than at merge time. Paths inside `.git` folders never count: the walk skips them.
