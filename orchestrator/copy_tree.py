@@ -17,7 +17,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +48,37 @@ class TreeItem:
     target: bytes | None = None
     # The opened file, for files the caller wanted: valid only until the walk moves to the next entry.
     fd: int | None = None
+
+
+# Marks a link's blob id in a Baseline: a file replaced by a link whose target text equals the file's content
+# has the same blob id, yet it is a change.
+LINK_MARK = "link:"
+# Marks an executable file's blob id, since git records the executable bit and a chmod alone is a change.
+EXECUTABLE_MARK = "exec:"
+
+
+def content_key(item: TreeItem, blob: str) -> str:
+    """Return what a Baseline records for an entry: its blob id, marked for a link or an executable file."""
+    if item.target is not None:
+        return LINK_MARK + blob
+    return EXECUTABLE_MARK + blob if item.executable else blob
+
+
+@dataclass
+class Baseline:
+    """The blob id and size of every file and link of a copy at the start, by relative path."""
+
+    # Blob ids as `content_key` marks them, so a link or an executable file differs from a plain file.
+    blobs: dict[str, str] = field(default_factory=dict)
+    # A file whose size differs from this cannot hold the starting content, so the monitor need not read it.
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, item: TreeItem, blob: str) -> None:
+        self.blobs[item.path] = content_key(item, blob)
+        self.sizes[item.path] = len(item.target) if item.target is not None else item.info.st_size
+
+    def to_json(self) -> dict[str, dict[str, str] | dict[str, int]]:
+        return {"blobs": self.blobs, "sizes": self.sizes}
 
 
 def blob_id(data: bytes) -> str:
@@ -97,7 +128,7 @@ HFS_IGNORED = frozenset([*range(0x200C, 0x2010), *range(0x202A, 0x202F), *range(
 NTFS_SHORT_NAME = re.compile(r"git[a-z]{0,3}~[0-9]")
 
 
-def _folded(name: str) -> str:
+def folded_name(name: str) -> str:
     """Return `name` as HFS+ and NTFS compare it: ignored code points dropped, lower case, no stream or tail."""
     text = "".join(char for char in name if ord(char) not in HFS_IGNORED).lower()
     # NTFS ends a name at an alternate data stream (':') or a path separator, and drops trailing dots and spaces.
@@ -107,12 +138,12 @@ def _folded(name: str) -> str:
 
 def is_git_name(name: str) -> bool:
     """Return whether a checkout on some file system could write `name` as the `.git` folder."""
-    return _folded(name) == GIT_FOLDER or name.lower().rstrip(" .") == "git~1"
+    return folded_name(name) == GIT_FOLDER or name.lower().rstrip(" .") == "git~1"
 
 
 def is_special_git_link(name: str) -> bool:
     """Return whether a symlink named `name` could stand for `.gitmodules`, `.gitattributes` or the like."""
-    folded = _folded(name)
+    folded = folded_name(name)
     return folded.startswith(GIT_FOLDER) or NTFS_SHORT_NAME.fullmatch(folded) is not None
 
 

@@ -1,14 +1,15 @@
 """Watch agents' source copies while they run: which files each agent changed, and overlaps between agents.
 
-A file counts as changed when its content differs from the starting point (its blob id differs from the one
-recorded when the copies were made), or when it was deleted. Rewriting a file with equal content, or
+A file counts as changed when its content, executable bit or type (file or link) differs from the starting
+point recorded when the copies were made, or when it was deleted. Rewriting a file with equal content, or
 reverting it, is no change. As soon as two agents have changed the same path, the monitor reports a
 `write-conflict`, whose policy decides what happens, so the overlap shows while the agents still run rather
 than at merge time. Paths inside `.git` folders never count: the walk skips them.
 
 Every folder of a copy (outside `.git`) carries an inotify watch, added through the descriptor the walk
 opened with O_NOFOLLOW. Any event in a copy walks that copy again after a short quiet time. A walk reads
-only the files whose inode, size, times or mode changed since the last walk. A walk of every copy also runs every
+only the files whose inode, size, times or mode changed since the last walk, or whose ctime was within
+RACY_WINDOW_NS of it. A walk of every copy also runs every
 COPY_SCAN_INTERVAL seconds, which catches what inotify missed: a queue overflow, the watch limit, a moved
 folder.
 """
@@ -18,13 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
 
-from .copy_tree import item_blob_id, stat_key, walk
+from .copy_tree import Baseline, content_key, item_blob_id, stat_key, walk
 from .inotify import IN_IGNORED, IN_Q_OVERFLOW, Inotify, WatchLimitReached
 from .layout import SOURCE_TARGET
 from .plan import RunPlan
@@ -39,8 +41,17 @@ COPY_SCAN_INTERVAL = 1.0
 MAX_COPY_WATCHES = 20_000
 # Quiet time after an event before the copy is walked, so a burst of writes costs one walk.
 EVENT_DEBOUNCE = 0.02
+# A file whose ctime is this close to the walk is read again on the next walk, whatever its stat key. Kernels
+# before 6.13 (which added multigrain timestamps) stamp times at timer-tick granularity, 1 to 10 ms, and some
+# file systems at 1 or 2 s. So a same-size rewrite right after a read can keep every stat field, which git
+# calls racily clean.
+# NOTE: this compares the file's ctime with this machine's clock, so on a network file system whose server
+# clock runs behind by more than the window such a rewrite can still go unseen.
+RACY_WINDOW_NS = 2_000_000_000
 # Stands for a FIFO, socket or device in a copy: never equal to a starting blob id.
 SPECIAL = "special"
+# Stands for a file whose size differs from its starting size, or that did not exist at the start.
+RESIZED = "resized"
 
 Report = Callable[[Violation], None]
 StatKey = tuple[int, int, int, int, int]
@@ -54,28 +65,49 @@ class CopyState:
         self.agent = agent
         self.root = root
         self.known: dict[str, tuple[StatKey, str]] = {}
+        # Paths read while their ctime was recent, so an unchanged stat key does not prove unchanged content.
+        self.racy: set[str] = set()
         self.changed: set[str] = set()
 
-    def rescan(self, baseline: dict[str, str], on_folder: OnFolder | None = None) -> set[str]:
-        """Walk the copy, update what is known, and return the paths that now differ from the baseline."""
+    def rescan(self, baseline: Baseline, on_folder: OnFolder | None = None) -> set[str]:
+        """Walk the copy, update what is known, and return the paths that now differ from the baseline.
+
+        Only files of their starting size are read: any other size cannot be the starting content. So an
+        agent's new or grown files, such as a sparse file of a terabyte, cost a stat, not a read.
+        """
         known = self.known
+        racy = self.racy
+        sizes = baseline.sizes
+        # Entries whose last change is this recent may change again within the same timestamp tick.
+        recent = time.time_ns() - RACY_WINDOW_NS
 
         def unread(path: str, info: os.stat_result) -> bool:
+            if sizes.get(path) != info.st_size:
+                return False
             previous = known.get(path)
-            return previous is None or previous[0] != stat_key(info)
+            return previous is None or previous[0] != stat_key(info) or path in racy
 
         current: dict[str, tuple[StatKey, str]] = {}
+        now_racy: set[str] = set()
         for item in walk(self.root, want_data=unread, on_folder=on_folder):
             if item.kind == "other":
                 blob = SPECIAL
-            elif item.kind == "file" and item.fd is None:
+            elif item.kind == "link":
+                blob = content_key(item, item_blob_id(item))
+            elif sizes.get(item.path) != item.info.st_size:
+                # Checked again on the opened file, which may have grown since its lstat.
+                blob = RESIZED
+            elif item.fd is None:
                 blob = known[item.path][1]
             else:
-                blob = item_blob_id(item)
+                blob = content_key(item, item_blob_id(item))
             current[item.path] = (stat_key(item.info), blob)
+            if item.info.st_ctime_ns >= recent:
+                now_racy.add(item.path)
         self.known = current
-        changed = {path for path, (_key, blob) in current.items() if baseline.get(path) != blob}
-        changed.update(path for path in baseline if path not in current)
+        self.racy = now_racy
+        changed = {path for path, (_key, blob) in current.items() if baseline.blobs.get(path) != blob}
+        changed.update(path for path in baseline.blobs if path not in current)
         return changed
 
 
@@ -88,7 +120,7 @@ class CopyWatch:
         self.interval = interval
         self.states = {agent.name: CopyState(agent.name, agent.source_copy) for agent in plan.agents
                        if agent.source_copy is not None}
-        self._baseline: dict[str, str] = {}
+        self._baseline = Baseline()
         self._reported: set[str] = set()
         self._stopped: set[str] = set()
         self._closing: set[str] = set()

@@ -3,8 +3,10 @@
 Every step is plumbing on the user's git folder: `merge-tree --write-tree` merges in memory, `commit-tree`
 writes a commit, and `update-ref` moves the branch only if it still points where the merge started. So the
 user's checkout, index and working tree are never touched, and a branch that a worktree has checked out is
-rejected, since moving it would leave that checkout out of step with its branch. A merge with conflicts is
-never committed: its agent is skipped and its conflicted files reported, so no conflict marker lands.
+rejected, since moving it would leave that checkout out of step with its branch. So are a branch that a
+worktree is rebasing or bisecting, and a symbolic ref, which update-ref would follow to the branch it names.
+A merge with conflicts is never committed: its agent is skipped and its conflicted files reported, so no
+conflict marker lands.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .branch_use import branch_in_use, symbolic_target
 from .errors import InputError
 from .host_git import GitFailed, git, git_text, repository_lock
 from .plan import RunPlan
@@ -100,14 +103,25 @@ def _leave_branches(plan: RunPlan, record: CopySource, commits: dict[str, str]) 
 
 def _merge_onto(plan: RunPlan, record: CopySource, commits: dict[str, str], target: str) -> MergeReport:
     git_dir = record.git_dir
-    if git(git_dir, "check-ref-format", "--branch", target, check=False).returncode != 0:
+    checked = git(git_dir, "check-ref-format", "--branch", target, check=False)
+    # check-ref-format expands shorthands such as @{-1} (the branch checked out before) and prints the result;
+    # a name that starts with refs/ would make a branch refs/heads/refs/..., which `git branch -D` cannot name.
+    if checked.returncode != 0 or checked.stdout.decode(errors="replace").strip() != target \
+            or target.startswith("refs/"):
         raise InputError(f"--branch '{target}' is not a valid branch name; use a name such as agents-result")
-    worktree = _checked_out_in(git_dir, target)
-    if worktree is not None:
+    alias_of = symbolic_target(git_dir, target)
+    if alias_of is not None:
+        # update-ref would follow the link and move the branch it names, which may be checked out.
         raise InputError(
-            f"branch {target} is checked out in {worktree}; merging into it would leave that checkout out of "
-            f"step with its branch. Pass --branch with a branch no worktree has checked out (a new name is "
-            f"created from the run's starting commit), or switch {worktree} to another branch first"
+            f"--branch {target} is a symbolic ref to {alias_of}; pass a branch that is no symbolic ref, such as "
+            "a new name, which is created from the run's starting commit"
+        )
+    use = branch_in_use(git_dir, target)
+    if use is not None:
+        raise InputError(
+            f"branch {target} is {use}; merging into it would leave that worktree out of step with its "
+            f"branch. Pass --branch with a branch no worktree uses (a new name is created from the run's "
+            f"starting commit), or finish the work in that worktree and switch it to another branch first"
         )
 
     report = MergeReport(run_id=plan.run_id, target=target, base=record.base_commit)
@@ -154,15 +168,3 @@ def _tree(git_dir: Path, commit: str) -> str:
 def _branch_tip(git_dir: Path, name: str) -> str | None:
     completed = git(git_dir, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}^{{commit}}", check=False)
     return completed.stdout.decode().strip() if completed.returncode == 0 else None
-
-
-def _checked_out_in(git_dir: Path, branch: str) -> str | None:
-    """Return the worktree that has `branch` checked out, or None."""
-    listing = git_text(git_dir, "worktree", "list", "--porcelain")
-    worktree = None
-    for line in listing.splitlines():
-        if line.startswith("worktree "):
-            worktree = line.removeprefix("worktree ")
-        elif line == f"branch refs/heads/{branch}":
-            return worktree
-    return None

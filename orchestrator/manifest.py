@@ -8,6 +8,7 @@ raises `ManifestError` with one located problem per mistake.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 from pathlib import Path, PurePosixPath
@@ -124,6 +125,11 @@ def _split_command(value: object) -> object:
 def _check_host_path(value: object) -> object:
     if isinstance(value, str) and any(ord(char) < 32 or ord(char) == 127 for char in value):
         raise ValueError(f"invalid path {value!r}; remove the control characters")
+    # os.path.expanduser returns a path it cannot expand unchanged; Path.expanduser, used later, raises.
+    if isinstance(value, str) and value.startswith("~") and os.path.expanduser(value) == value:
+        user = value[1:].split("/", 1)[0]
+        reason = f"no user '{user}' on this host" if user else "the home folder is unknown (HOME is not set)"
+        raise ValueError(f"invalid path '{value}': {reason}; write the folder's absolute path")
     return value
 
 

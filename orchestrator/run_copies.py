@@ -36,13 +36,19 @@ def agent_author(agent: str) -> tuple[str, str]:
     return f"orchestrate agent {agent}", f"{agent}@orchestrate.invalid"
 
 
-def snapshot_agent(record: CopySource, *, run_id: str, run_dir: Path, agent: str) -> Snapshot:
+# Added to an agent's snapshot ref for a snapshot taken while the run is active. The final ref is written only
+# from a copy that no agent writes any more, so `merge` never takes a mid-run state for the agent's work.
+LIVE_SUFFIX = ".live"
+
+
+def snapshot_agent(record: CopySource, *, run_id: str, run_dir: Path, agent: str, live: bool = False) -> Snapshot:
     """Record an agent's copy as a commit on top of the starting commit, under the run's snapshot ref."""
+    ref = snapshot_ref(run_id, agent)
     return take_snapshot(
         copy_path(run_dir, agent),
         git_dir=record.git_dir,
         parent=record.base_commit,
-        ref=snapshot_ref(run_id, agent),
+        ref=ref + LIVE_SUFFIX if live else ref,
         author=agent_author(agent),
         message=f"orchestrate run {run_id}: changes of agent {agent}",
     )
@@ -97,14 +103,15 @@ def pick_agents(plan: RunPlan, agent: str | None) -> list[str]:
 def agent_commit(plan: RunPlan, record: CopySource, agent: str) -> str:
     """Return the commit of an agent's work: the snapshot taken after the run, or a new one while it runs."""
     ref = snapshot_ref(plan.run_id, agent)
-    if not is_active(plan.run_dir):
+    active = is_active(plan.run_dir)
+    if not active:
         completed = git(record.git_dir, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
         if completed.returncode == 0:
             return completed.stdout.decode().strip()
     if not copy_path(plan.run_dir, agent).is_dir():
         raise InputError(f"agent {agent} of run {plan.run_id} has neither a copy at {copy_path(plan.run_dir, agent)} "
                          f"nor a snapshot {ref} in {record.git_dir}; its changes are gone")
-    return snapshot_agent(record, run_id=plan.run_id, run_dir=plan.run_dir, agent=agent).commit
+    return snapshot_agent(record, run_id=plan.run_id, run_dir=plan.run_dir, agent=agent, live=active).commit
 
 
 def remove_snapshot_refs(run_dir: Path, run_id: str) -> list[str]:

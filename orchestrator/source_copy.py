@@ -9,8 +9,8 @@ before the agent's container exists; after that the copy belongs to the agent an
 Any other source is copied file by file. Its starting point is recorded as a commit in a private bare
 repository in the run folder, so `orchestrate diff` works the same for both kinds.
 
-`copies/source.json` records where the starting commit lives; `copies/baseline.json` records the blob id of
-every file at the start, which the monitor compares against.
+`copies/source.json` records where the starting commit lives; `copies/baseline.json` records the blob id and
+size of every file at the start, which the monitor compares against.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .copy_tree import read_chunks, walk
+from .copy_tree import Baseline, read_chunks, walk
 from .errors import EnvironmentProblem, InputError
 from .host_git import common_dir, find_git_dir, git, head_commit, repository_lock
-from .snapshots import snapshot_ref, take_snapshot, tree_blobs
+from .snapshots import snapshot_ref, take_snapshot, tree_baseline
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ BASELINE_RECORD = "baseline.json"
 PLAIN_STORE = "base.git"
 
 CopyKind = Literal["git", "plain"]
+# Switches off every conversion between a blob and its checked-out file: end of line, $Id$ expansion, filters
+# and encodings. It stays in the copy, so the agent's git agrees with what the copy's files hold.
+RAW_CHECKOUT_ATTRIBUTES = "* -text -ident -filter -working-tree-encoding\n"
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,9 @@ def load_copy_source(run_dir: Path) -> CopySource | None:
                       repository=None if repository is None else Path(repository))
 
 
-def load_baseline(run_dir: Path) -> dict[str, str]:
-    data: dict[str, str] = json.loads((copies_root(run_dir) / BASELINE_RECORD).read_text(encoding="utf-8"))
-    return data
+def load_baseline(run_dir: Path) -> Baseline:
+    data = json.loads((copies_root(run_dir) / BASELINE_RECORD).read_text(encoding="utf-8"))
+    return Baseline(blobs=data["blobs"], sizes=data["sizes"])
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def _git_copies(request: CopyRequest, git_dir: Path) -> CopySource:
             _clone(request, git_dir, base, copy_path(request.run_dir, name), branch_name(request.run_id, name))
 
     first = copy_path(request.run_dir, request.agents[0][0])
-    _write_baseline(request.run_dir, tree_blobs(first))
+    _write_baseline(request.run_dir, tree_baseline(first))
     return CopySource(kind="git", git_dir=git_dir, base_commit=base, repository=request.source)
 
 
@@ -144,6 +147,11 @@ def _clone(request: CopyRequest, git_dir: Path, base: str, destination: Path, br
     git(None, "clone", "--quiet", transport, "--no-hardlinks", "--no-checkout", "--template=",
         os.path.abspath(request.source), os.path.abspath(destination))
     copy_git = Path(os.path.abspath(destination)) / ".git"
+    # Snapshots record the copy's bytes as they are, so the checkout must write each blob unchanged: an
+    # `eol=crlf`, `ident` or `working-tree-encoding` attribute in the user's .gitattributes would otherwise
+    # show as a change to every such file in `diff` and `merge`. info/attributes overrides .gitattributes.
+    (copy_git / "info").mkdir(exist_ok=True)
+    (copy_git / "info" / "attributes").write_text(RAW_CHECKOUT_ATTRIBUTES, encoding="utf-8")
     # The copy is still the orchestrator's own here: no container has seen it yet.
     git(copy_git, f"--work-tree={os.path.abspath(destination)}", "checkout", "--quiet", "-b", branch, base)
     git(copy_git, "remote", "remove", "origin")
@@ -165,7 +173,7 @@ def _plain_copies(request: CopyRequest, root: Path) -> CopySource:
         ref=snapshot_ref(request.run_id, "base"), author=("orchestrate", "orchestrate@localhost"),
         message=f"orchestrate run {request.run_id}: the source {request.source} at the start",
     )
-    _write_baseline(request.run_dir, snapshot.blobs)
+    _write_baseline(request.run_dir, snapshot.recorded)
     return CopySource(kind="plain", git_dir=store, base_commit=snapshot.commit, repository=None)
 
 
@@ -191,9 +199,9 @@ def _copy_files(source: Path, destination: Path, exclude: list[str]) -> None:
         log.warning("not copied: %s in %s could not be read or is nested too deep", path, source)
 
 
-def _write_baseline(run_dir: Path, blobs: dict[str, str]) -> None:
+def _write_baseline(run_dir: Path, baseline: Baseline) -> None:
     path = copies_root(run_dir) / BASELINE_RECORD
-    path.write_text(json.dumps(blobs, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(baseline.to_json(), sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _hand_over(copy: Path, uid: int, gid: int) -> None:

@@ -321,3 +321,35 @@ def test_planted_git_config_never_runs_on_host(repo_project: Project, tmp_path: 
     copy = Path(result["run_dir"]) / "copies" / "planter"
     subprocess.run(["git", "-c", "safe.directory=*", "-C", str(copy), "status"], capture_output=True, check=False)
     assert sentinel.exists()
+
+
+def test_hostile_copy_leaves_repository_sound(repo_project: Project) -> None:
+    # A chmod alone is a change git records, so the edit of the same file by another agent is a conflict.
+    # The .gitmodules would fail git fsck of the whole repository, and the deep file lies past the walk.
+    source = repo_project.source
+    deep = "/".join(["d"] * 70)
+    hostile = sh(
+        "cd /workspace/src && chmod +x a.txt && "
+        "printf '[submodule \"../../x\"]\\n\\tpath = lib\\n\\turl = -u./payload\\n' > .gitmodules && "
+        f"mkdir -p {deep} && echo deep > {deep}/deep.txt; {HOLD}"
+    )
+    editor = sh(f"sleep 1; echo edited >> /workspace/src/a.txt; {HOLD}")
+    manifest = copy_manifest(repo_project, [{"name": "hostile", "command": hostile},
+                                            {"name": "editor", "command": editor}])
+
+    code, result = repo_project.run_json(manifest)
+    assert code == 3, result
+    assert result["stopped_by"]["kind"] == "write-conflict"
+    assert result["stopped_by"]["subject"] == "/workspace/src/a.txt"
+    merged = repo_project.orchestrate("merge", result["run_id"], "--runs-dir", str(repo_project.runs), "--json")
+
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    target = f"orchestrate/{result['run_id']}-merged"
+    tree = host_git(source, "ls-tree", "-r", target)
+    assert ".gitmodules" not in tree
+    assert "d/d/" not in tree
+    assert next(line for line in tree.splitlines() if line.endswith("a.txt")).startswith("100755")
+    assert host_git(source, "show", f"{target}:a.txt") == "alpha start\nedited\n"
+    fsck = subprocess.run(["git", "-C", str(source), "fsck", "--strict"], capture_output=True, text=True,
+                          check=False)
+    assert fsck.returncode == 0, fsck.stderr

@@ -319,6 +319,11 @@ BAD_MANIFESTS = [
         id="boolean-key",
     ),
     pytest.param(
+        VALID.replace("source: ./src", "source: {path: ~no-such-user-here/src, mode: copy}  #<"),
+        "source.path: invalid path '~no-such-user-here/src': no user 'no-such-user-here' on this host",
+        id="home-of-unknown-user",
+    ),
+    pytest.param(
         "- reader  #<\n- writer\n",
         "the top level must be a mapping of fields, not list",
         id="top-level-list",

@@ -14,7 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator.copy_tree import blob_id, read_all, walk
+from orchestrator import copy_watch
+from orchestrator.copy_tree import MAX_DEPTH, Baseline, TreeItem, blob_id, item_blob_id, read_all, walk
 from orchestrator.copy_watch import CopyState, CopyWatch
 from orchestrator.diffing import diff_run, terminal_safe
 from orchestrator.errors import InputError, ManifestError, PlanError
@@ -23,8 +24,9 @@ from orchestrator.layout import SOURCE_TARGET
 from orchestrator.plan import RunPlan
 from orchestrator.plan_checks import shared_writable_mounts
 from orchestrator.run_copies import prepare_run_copies, remove_snapshot_refs, snapshot_run
-from orchestrator.snapshots import quote_path
+from orchestrator.snapshots import quote_path, tree_baseline
 from orchestrator.source_copy import CopyRequest, copy_path, load_baseline, prepare_copies
+from orchestrator.status import RunLock
 from orchestrator.violations import Violation
 
 from .conftest import agent, manifest_data
@@ -175,7 +177,8 @@ def test_plain_copy_leaves_out_runs_folder(plan_for: PlanFor, source_dir: Path) 
     assert sorted(os.listdir(copy)) == ["app.py", "link.py", "tool.sh"]
     assert os.readlink(copy / "link.py") == "app.py"
     assert os.stat(copy / "tool.sh").st_mode & 0o100
-    assert set(load_baseline(plan.run_dir)) == {"app.py", "link.py", "tool.sh"}
+    assert set(load_baseline(plan.run_dir).blobs) == {"app.py", "link.py", "tool.sh"}
+    assert load_baseline(plan.run_dir).sizes["link.py"] == len("app.py")
 
 
 # -- reading a copy ------------------------------------------------------------------------------------------
@@ -251,9 +254,14 @@ def state_with(tmp_path: Path, name: str, files: dict[str, str]) -> CopyState:
     return CopyState(name, root)
 
 
+def baseline_of(files: dict[str, bytes]) -> Baseline:
+    return Baseline(blobs={path: blob_id(data) for path, data in files.items()},
+                    sizes={path: len(data) for path, data in files.items()})
+
+
 def test_equal_rewrite_is_no_change(tmp_path: Path) -> None:
     state = state_with(tmp_path, "alpha", {"a.txt": "a\n", "b.txt": "b\n"})
-    baseline = {"a.txt": blob_id(b"a\n"), "b.txt": blob_id(b"b\n")}
+    baseline = baseline_of({"a.txt": b"a\n", "b.txt": b"b\n"})
     assert state.rescan(baseline) == set()
 
     (state.root / "a.txt").write_text("a\n", encoding="utf-8")
@@ -265,6 +273,67 @@ def test_equal_rewrite_is_no_change(tmp_path: Path) -> None:
     (state.root / ".git").mkdir()
     (state.root / ".git" / "index").write_text("x", encoding="utf-8")
     assert state.rescan(baseline) == {"a.txt"}
+
+
+def test_file_swapped_for_link_is_change(tmp_path: Path) -> None:
+    # The link's target text equals the file's content, so both have the same blob id.
+    state = state_with(tmp_path, "alpha", {"x": "b.txt", "y": "y\n"})
+    os.symlink("x", state.root / "link")
+    baseline = tree_baseline(state.root)
+    assert state.rescan(baseline) == set()
+
+    (state.root / "x").unlink()
+    os.symlink("b.txt", state.root / "x")
+    (state.root / "link").unlink()
+    (state.root / "link").write_text("x", encoding="utf-8")
+
+    assert state.rescan(baseline) == {"x", "link"}
+
+
+def test_executable_bit_alone_is_change(tmp_path: Path) -> None:
+    state = state_with(tmp_path, "alpha", {"run.sh": "echo\n"})
+    baseline = tree_baseline(state.root)
+    assert state.rescan(baseline) == set()
+
+    os.chmod(state.root / "run.sh", 0o755)
+
+    assert state.rescan(baseline) == {"run.sh"}
+
+
+def test_rewrite_within_timestamp_tick_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kernels before 6.13 stamp a write at timer-tick granularity, so a same-size rewrite right after a walk
+    # read the file can keep its ctime. Leaving ctime out of the key makes that happen on any kernel.
+    monkeypatch.setattr(copy_watch, "stat_key",
+                        lambda info: (info.st_ino, info.st_size, info.st_mtime_ns, 0, info.st_mode))
+    state = state_with(tmp_path, "alpha", {"a.txt": "a\n"})
+    baseline = baseline_of({"a.txt": b"a\n"})
+    path = state.root / "a.txt"
+    assert state.rescan(baseline) == set()
+
+    before = path.stat()
+    path.write_text("x\n", encoding="utf-8")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    assert state.rescan(baseline) == {"a.txt"}
+
+
+def test_walk_reads_only_starting_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A sparse file of a terabyte costs no disk, but hashing it would hold the copy watch for an hour.
+    read: list[str] = []
+
+    def recording_blob_id(item: TreeItem) -> str:
+        read.append(item.path)
+        return item_blob_id(item)
+
+    monkeypatch.setattr(copy_watch, "item_blob_id", recording_blob_id)
+    state = state_with(tmp_path, "alpha", {"a.txt": "a\n", "b.txt": "b\n"})
+    baseline = baseline_of({"a.txt": b"a\n", "b.txt": b"b\n"})
+    os.truncate(state.root / "b.txt", 1 << 20)
+    with open(state.root / "sparse", "wb") as handle:
+        handle.truncate(1 << 20)
+
+    assert state.rescan(baseline) == {"b.txt", "sparse"}
+    assert read == ["a.txt"]
 
 
 def test_second_change_reports_conflict(plan_for: PlanFor, repository: Path) -> None:
@@ -342,11 +411,95 @@ def test_merge_twice_applies_nothing_new(plan_for: PlanFor, repository: Path) ->
     assert again.exit_code == 0
 
 
+def test_merge_leaves_attribute_conversions_out(plan_for: PlanFor, repository: Path) -> None:
+    # Checkout conversions that .gitattributes asks for would otherwise come back as changes of every such file.
+    (repository / ".gitattributes").write_text("*.bat text eol=crlf\n*.c ident\n", encoding="utf-8")
+    (repository / "run.bat").write_text("echo 1\necho 2\n", encoding="utf-8")
+    (repository / "x.c").write_text("/* $Id$ */\n", encoding="utf-8")
+    git(repository, "add", "--all")
+    git(repository, "commit", "--quiet", "-m", "attributes")
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+    copy = copy_path(plan.run_dir, "alpha")
+
+    merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+
+    assert (copy / "run.bat").read_bytes() == b"echo 1\necho 2\n"
+    assert (copy / "x.c").read_bytes() == b"/* $Id$ */\n"
+    assert git(copy, "-c", "safe.directory=*", "status", "--porcelain").split() == ["M", "a.txt"]
+    assert git(repository, "diff", "--name-only", "main", "result").split() == ["a.txt"]
+    assert [diff.text.count(b"diff --git") for diff in diff_run(plan.run_dir.parent, plan.run_id)] == [1]
+
+
 def test_merge_rejects_checked_out_branch(plan_for: PlanFor, repository: Path) -> None:
     plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
 
     with pytest.raises(InputError, match="checked out"):
         merge_run(plan.run_dir.parent, plan.run_id, branch="main")
+
+
+@pytest.mark.parametrize("name", ["@{-1}", "refs/heads/main", "HEAD", "-x", "a..b"])
+def test_merge_rejects_invalid_branch_name(plan_for: PlanFor, repository: Path, name: str) -> None:
+    git(repository, "checkout", "--quiet", "-b", "other")
+    git(repository, "checkout", "--quiet", "main")
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+
+    with pytest.raises(InputError, match="not a valid branch name"):
+        merge_run(plan.run_dir.parent, plan.run_id, branch=name)
+
+    assert git(repository, "for-each-ref", "--format=%(refname)", "refs/heads").split() == [
+        "refs/heads/main", "refs/heads/other"]
+
+
+def test_merge_rejects_symbolic_branch(plan_for: PlanFor, repository: Path) -> None:
+    # An alias such as master -> main: update-ref would follow it and move the checked-out main.
+    git(repository, "symbolic-ref", "refs/heads/master", "refs/heads/main")
+    head = git(repository, "rev-parse", "HEAD")
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+
+    with pytest.raises(InputError, match="symbolic ref to refs/heads/main"):
+        merge_run(plan.run_dir.parent, plan.run_id, branch="master")
+
+    assert git(repository, "rev-parse", "HEAD") == head
+    assert git(repository, "status", "--porcelain") == ""
+
+
+def start_rebase(repository: Path) -> str:
+    """Stop an interactive rebase of a new branch `feature` before its first step; return the branch's tip."""
+    git(repository, "checkout", "--quiet", "-b", "feature")
+    (repository / "b.txt").write_text("feature\n", encoding="utf-8")
+    git(repository, "commit", "--quiet", "--all", "-m", "feature")
+    git(repository, "checkout", "--quiet", "main")
+    (repository / "m.txt").write_text("main\n", encoding="utf-8")
+    git(repository, "add", "m.txt")
+    git(repository, "commit", "--quiet", "-m", "main")
+    git(repository, "checkout", "--quiet", "feature")
+    completed = subprocess.run(["git", "-C", str(repository), "rebase", "--interactive", "main"],
+                               capture_output=True, text=True, check=False,
+                               env={**os.environ, "GIT_SEQUENCE_EDITOR": "sed -i 1ibreak"})
+    assert completed.returncode == 0, completed.stderr
+    return git(repository, "rev-parse", "feature").strip()
+
+
+def test_merge_rejects_branch_being_rebased(plan_for: PlanFor, repository: Path) -> None:
+    tip = start_rebase(repository)
+    plan = finished_run(plan_for, repository, {"alpha": {"c.txt": "alpha\n"}})
+
+    with pytest.raises(InputError, match="feature is being rebased in"):
+        merge_run(plan.run_dir.parent, plan.run_id, branch="feature")
+
+    assert git(repository, "rev-parse", "feature").strip() == tip
+    git(repository, "-c", "core.editor=true", "rebase", "--continue")
+    assert git(repository, "show", "feature:m.txt") == "main\n"
+
+
+def test_merge_rejects_branch_being_bisected(plan_for: PlanFor, repository: Path) -> None:
+    git(repository, "checkout", "--quiet", "-b", "feature")
+    git(repository, "bisect", "start")
+    git(repository, "checkout", "--quiet", "--detach", "HEAD")
+    plan = finished_run(plan_for, repository, {"alpha": {"c.txt": "alpha\n"}})
+
+    with pytest.raises(InputError, match="feature is being bisected in"):
+        merge_run(plan.run_dir.parent, plan.run_id, branch="feature")
 
 
 def test_merge_branches_leaves_one_per_agent(plan_for: PlanFor, repository: Path) -> None:
@@ -374,6 +527,40 @@ def test_diff_of_unknown_agent_rejected(plan_for: PlanFor, repository: Path) -> 
 
     with pytest.raises(InputError, match="no agent 'omega'"):
         diff_run(plan.run_dir.parent, plan.run_id, "omega")
+
+
+def test_merge_of_active_run_rejected(plan_for: PlanFor, repository: Path) -> None:
+    plan = copy_plan(plan_for, repository, "alpha")
+    prepare_run_copies(plan)
+    (copy_path(plan.run_dir, "alpha") / "a.txt").write_text("alpha\n", encoding="utf-8")
+    run_lock = RunLock(plan.run_dir)
+    try:
+        with pytest.raises(InputError, match="still running"):
+            merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+    finally:
+        run_lock.release()
+
+    assert git(repository, "for-each-ref", "refs/heads/result") == ""
+
+
+def test_merge_after_crash_ignores_live_diff(plan_for: PlanFor, repository: Path) -> None:
+    # A diff while the run is active records the copy as it is then. If the run then dies before its final
+    # snapshot, merge must take the copy, not that earlier state.
+    plan = copy_plan(plan_for, repository, "alpha")
+    prepare_run_copies(plan)
+    copy = copy_path(plan.run_dir, "alpha")
+    run_lock = RunLock(plan.run_dir)
+    (copy / "a.txt").write_text("early\n", encoding="utf-8")
+    early = diff_run(plan.run_dir.parent, plan.run_id)
+    (copy / "a.txt").write_text("late\n", encoding="utf-8")
+    run_lock.release()
+
+    merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+
+    assert b"+early" in early[0].text
+    assert git(repository, "show", "result:a.txt") == "late\n"
+    assert len(remove_snapshot_refs(plan.run_dir, plan.run_id)) == 2
+    assert git(repository, "for-each-ref", "refs/orchestrate") == ""
 
 
 def test_cleanup_refs_keeps_merged_branch(plan_for: PlanFor, repository: Path) -> None:
@@ -450,6 +637,31 @@ def test_snapshot_leaves_out_git_lookalikes(plan_for: PlanFor, repository: Path)
     assert fsck.returncode == 0, fsck.stderr
 
 
+def test_snapshot_leaves_out_files_fsck_rejects(plan_for: PlanFor, repository: Path) -> None:
+    # A submodule name with `..` or a URL that reads as an option once let a clone run code; git fsck of
+    # the user's whole repository fails while any tree names such a blob.
+    bad = '[submodule "../../x"]\n\tpath = lib\n\turl = -u./payload\n'
+    plan = copy_plan(plan_for, repository, "alpha")
+    prepare_run_copies(plan)
+    copy = copy_path(plan.run_dir, "alpha")
+    (copy / ".gitmodules").write_text(bad, encoding="utf-8")
+    (copy / ".gitattributes").write_text("*.bin binary\n", encoding="utf-8")
+    (copy / "sub").mkdir()
+    (copy / "sub" / ".GITMODULES").write_text(bad, encoding="utf-8")
+    snapshot_run(plan)
+
+    report = merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+
+    assert [item.outcome for item in report.items] == ["applied"]
+    tree = git(repository, "ls-tree", "-r", "--name-only", "result").split()
+    assert ".gitmodules" not in tree
+    assert "sub/.GITMODULES" not in tree
+    assert ".gitattributes" in tree
+    fsck = subprocess.run(["git", "-C", str(repository), "fsck", "--strict"], capture_output=True, text=True,
+                          check=False)
+    assert fsck.returncode == 0, fsck.stderr
+
+
 def test_submodule_kept_through_merge(plan_for: PlanFor, repository: Path, tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()
@@ -466,6 +678,21 @@ def test_submodule_kept_through_merge(plan_for: PlanFor, repository: Path, tmp_p
 
     assert [item.outcome for item in report.items] == ["applied"]
     assert git(repository, "rev-parse", "result:lib").strip() == pinned
+    assert git(repository, "diff", "--name-only", "main", "result").split() == ["a.txt"]
+
+
+def test_merge_keeps_files_nested_too_deep(plan_for: PlanFor, repository: Path) -> None:
+    # The walk stops at MAX_DEPTH, so what lies deeper would otherwise count as deleted by every agent.
+    deep = repository.joinpath(*["d"] * (MAX_DEPTH + 2))
+    deep.mkdir(parents=True)
+    (deep / "deep.txt").write_text("deep\n", encoding="utf-8")
+    git(repository, "add", "--all")
+    git(repository, "commit", "--quiet", "-m", "deep")
+    plan = finished_run(plan_for, repository, {"alpha": {"a.txt": "alpha\n"}})
+
+    report = merge_run(plan.run_dir.parent, plan.run_id, branch="result")
+
+    assert [item.outcome for item in report.items] == ["applied"]
     assert git(repository, "diff", "--name-only", "main", "result").split() == ["a.txt"]
 
 
