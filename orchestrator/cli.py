@@ -800,6 +800,7 @@ def shell(
             discard_run_folder,
             for_shell_options,
             prepare_shell_manifest,
+            shell_banner,
             shell_exit_code,
         )
 
@@ -818,8 +819,7 @@ def shell(
                 raise _for_run(for_shell_options(exc, request, loaded.path)) from exc
             raise
         name = plan.agents[0].name if manifest is not None else SHELL_AGENT
-        typer.echo(f"orchestrate: run {plan.run_id}: {plan.source} is read-only at /workspace/src; your workspace "
-                   "is /workspace/output; leave the shell to end the run", err=True)
+        typer.echo(f"orchestrate: run {plan.run_id}: {shell_banner(plan)}; leave the shell to end the run", err=True)
         # The run's progress lines would land in the middle of the shell's screen; warnings still show.
         orchestrator_log = logging.getLogger("orchestrator")
         if orchestrator_log.level == logging.INFO:

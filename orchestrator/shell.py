@@ -22,7 +22,7 @@ from . import yamlsource
 from .errors import InputError, ManifestError, Problem
 from .interactive import SHELL_COMMAND
 from .manifest import LoadedManifest, load_manifest
-from .plan import new_run_id
+from .plan import RunPlan, new_run_id
 from .profiles import PROFILE_NAMES, PROMPT_FILE_WORD, PROMPT_WORD
 
 DEFAULT_PROFILE = "custom"
@@ -181,3 +181,12 @@ def shell_exit_code(run_exit: int, agent_exit: int | None, agent_state: str) -> 
         return agent_exit
     return run_exit
 
+
+
+def shell_banner(plan: RunPlan) -> str:
+    """Describe where the shell's source and workspace are, as the line printed before the prompt."""
+    if plan.source_mode == "copy":
+        source = f"a private writable copy of {plan.source} is at /workspace/src"
+    else:
+        source = f"{plan.source} is read-only at /workspace/src"
+    return f"{source}; your workspace is /workspace/output, and the shell starts in {plan.agents[0].container.workdir}"

@@ -13,7 +13,13 @@ from orchestrator.errors import InputError, ManifestError, PlanError, Problem
 from orchestrator.interactive import KEEPER_NAME, SESSION_NAME, SHELL_COMMAND, session_program
 from orchestrator.plan import RunPlan
 from orchestrator.render import plan_text
-from orchestrator.shell import ShellRequest, for_shell_options, prepare_shell_manifest, shell_exit_code
+from orchestrator.shell import (
+    ShellRequest,
+    for_shell_options,
+    prepare_shell_manifest,
+    shell_banner,
+    shell_exit_code,
+)
 
 from .conftest import agent, manifest_data, write_manifest_data
 
@@ -197,3 +203,19 @@ def test_shell_error_names_user_manifest(tmp_path: Path) -> None:
     request = ShellRequest(runs_dir=tmp_path / "runs", manifest=tmp_path / "agents.yaml", agent="writer")
     relabeled = for_shell_options(error, request, written)
     assert str(relabeled) == f"{tmp_path / 'agents.yaml'}: agent writer.env: broken"
+
+
+def test_shell_banner_read_only_source(plan_for: Callable[..., RunPlan], source_dir: Path) -> None:
+    plan = plan_for(manifest_data(source_dir, agents=[agent("shell", interactive=True)]))
+    banner = shell_banner(plan)
+    assert banner.startswith(f"{plan.source} is read-only at /workspace/src;")
+    assert banner.endswith("the shell starts in /workspace/output")
+
+
+def test_shell_banner_private_copy(plan_for: Callable[..., RunPlan], source_dir: Path) -> None:
+    data = {**manifest_data(source_dir, agents=[agent("shell", interactive=True, workdir="/workspace/src")]),
+            "source": {"path": str(source_dir), "mode": "copy"}}
+    banner = shell_banner(plan_for(data))
+    assert banner.startswith(f"a private writable copy of {source_dir} is at /workspace/src;")
+    assert "read-only" not in banner
+    assert banner.endswith("the shell starts in /workspace/src")
