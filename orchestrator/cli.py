@@ -794,7 +794,15 @@ def shell(
         from .attach import LocalTerminal
         from .errors import InputError
         from .runner import execute, plan_manifest
-        from .shell import SHELL_AGENT, ShellRequest, discard_run_folder, prepare_shell_manifest, shell_exit_code
+        from .shell import (
+            SHELL_AGENT,
+            ShellRequest,
+            discard_run_folder,
+            for_shell_options,
+            prepare_shell_manifest,
+            shell_banner,
+            shell_exit_code,
+        )
 
         if not sys.stdin.isatty():
             raise InputError("orchestrate shell needs a terminal on standard input; run it from a terminal, or use "
@@ -808,11 +816,10 @@ def shell(
         except OrchestrateError as exc:
             discard_run_folder(loaded.path.parent)
             if isinstance(exc, PlanError):
-                raise _for_run(exc) from exc
+                raise _for_run(for_shell_options(exc, request, loaded.path)) from exc
             raise
         name = plan.agents[0].name if manifest is not None else SHELL_AGENT
-        typer.echo(f"orchestrate: run {plan.run_id}: {plan.source} is read-only at /workspace/src; your workspace "
-                   "is /workspace/output; leave the shell to end the run", err=True)
+        typer.echo(f"orchestrate: run {plan.run_id}: {shell_banner(plan)}; leave the shell to end the run", err=True)
         # The run's progress lines would land in the middle of the shell's screen; warnings still show.
         orchestrator_log = logging.getLogger("orchestrator")
         if orchestrator_log.level == logging.INFO:

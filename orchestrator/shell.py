@@ -12,24 +12,26 @@ only its command.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from . import yamlsource
-from .errors import InputError, ManifestError
+from .errors import InputError, ManifestError, Problem
 from .interactive import SHELL_COMMAND
 from .manifest import LoadedManifest, load_manifest
-from .plan import new_run_id
-from .profiles import PROFILE_NAMES
+from .plan import RunPlan, new_run_id
+from .profiles import PROFILE_NAMES, PROMPT_FILE_WORD, PROMPT_WORD
 
 DEFAULT_PROFILE = "custom"
 SHELL_AGENT = "shell"
 SHELL_MANIFEST = "shell.yaml"
 # An interactive session outlives a batch agent's default of 30 minutes; the manifest's own timeout wins.
 DEFAULT_TIMEOUT = "8h"
+
+ManifestErrorT = TypeVar("ManifestErrorT", bound=ManifestError)
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,38 @@ def prepare_shell_manifest(request: ShellRequest, *, cwd: Path) -> tuple[LoadedM
                          f"({exc.strerror or exc}); pass --runs-dir with a folder you can write") from exc
     try:
         return load_manifest(path), run_id
-    except ManifestError:
+    except ManifestError as exc:
         discard_run_folder(run_dir)
-        raise
+        raise for_shell_options(exc, request, path) from exc
+
+
+def for_shell_options(error: ManifestErrorT, request: ShellRequest, written: Path) -> ManifestErrorT:
+    """Rewrite the problems of the manifest the shell wrote in terms of the options or manifest the user gave.
+
+    That manifest is deleted when it fails, and its lines and agent index differ from the user's manifest, so
+    naming its file and line would point the user at nothing.
+    """
+    problems = [_for_request(problem, request) if problem.file == str(written) else problem
+                for problem in error.problems]
+    return type(error)(problems)
+
+
+def _for_request(problem: Problem, request: ShellRequest) -> Problem:
+    if request.manifest is not None:
+        field = problem.field
+        if field.startswith("agents[0]"):
+            field = f"agent {request.agent}" + field.removeprefix("agents[0]")
+        return replace(problem, file=str(request.manifest), line=None, field=field)
+
+    words = ["orchestrate shell"]
+    if request.profile is not None:
+        words.append(f"--profile {request.profile}")
+    field = ""
+    if problem.field.endswith(".timeout"):
+        field = "--timeout"
+    elif problem.field.startswith("source"):
+        field = "--source"
+    return replace(problem, file=" ".join(words), line=None, field=field)
 
 
 def discard_run_folder(run_dir: Path) -> None:
@@ -88,6 +119,10 @@ def _check_options(request: ShellRequest) -> None:
 def _agent_entry(request: ShellRequest, base: dict[str, Any]) -> dict[str, Any]:
     entry = dict(base)
     entry["command"] = list(request.command or SHELL_COMMAND)
+    # The shell replaces the agent's command, so a manifest agent's prompt (which every CLI profile requires)
+    # would reach nothing, and loading would reject it. It stays only for a command that names it.
+    if not any(PROMPT_WORD in word or PROMPT_FILE_WORD in word for word in entry["command"]):
+        entry.pop("prompt", None)
     entry["interactive"] = True
     if request.profile is not None:
         entry["profile"] = request.profile
@@ -146,3 +181,12 @@ def shell_exit_code(run_exit: int, agent_exit: int | None, agent_state: str) -> 
         return agent_exit
     return run_exit
 
+
+
+def shell_banner(plan: RunPlan) -> str:
+    """Describe where the shell's source and workspace are, as the line printed before the prompt."""
+    if plan.source_mode == "copy":
+        source = f"a private writable copy of {plan.source} is at /workspace/src"
+    else:
+        source = f"{plan.source} is read-only at /workspace/src"
+    return f"{source}; your workspace is /workspace/output, and the shell starts in {plan.agents[0].container.workdir}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InternalError
-from .plan import LABEL_AGENT, LABEL_RUN
+from .plan import LABEL_AGENT, LABEL_ROLE, LABEL_RUN
 
 RUN_LOCK = "run.lock"
 # Another process holds run.lock only briefly while it checks the lock (is_active takes a shared lock for
@@ -208,7 +208,10 @@ def _agent_rows(
     """Return a row per container of each agent, and a row without container for an agent that has none."""
     by_agent: dict[str, list[dict[str, Any]]] = {}
     for item in containers:
-        agent = str((item.get("Labels") or {}).get(LABEL_AGENT) or "-")
+        labels = item.get("Labels") or {}
+        # A run's own helper, such as the egress broker, has a role label instead of an agent label.
+        role = labels.get(LABEL_ROLE)
+        agent = str(labels.get(LABEL_AGENT) or (f"({role})" if role else "-"))
         by_agent.setdefault(agent, []).append(item)
 
     # The plan's order first; agents that only a container or result.json names follow, sorted.

@@ -9,11 +9,17 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.errors import InputError, ManifestError
+from orchestrator.errors import InputError, ManifestError, PlanError, Problem
 from orchestrator.interactive import KEEPER_NAME, SESSION_NAME, SHELL_COMMAND, session_program
 from orchestrator.plan import RunPlan
 from orchestrator.render import plan_text
-from orchestrator.shell import ShellRequest, prepare_shell_manifest, shell_exit_code
+from orchestrator.shell import (
+    ShellRequest,
+    for_shell_options,
+    prepare_shell_manifest,
+    shell_banner,
+    shell_exit_code,
+)
 
 from .conftest import agent, manifest_data, write_manifest_data
 
@@ -148,3 +154,68 @@ def test_source_mapping_keeps_its_fields(tmp_path: Path, source_dir: Path) -> No
     loaded, _run_id = prepare_shell_manifest(request, cwd=tmp_path)
     assert loaded.manifest.source.path == str(source_dir)
     assert loaded.manifest.source.mode == "read-only"
+
+
+def test_shell_of_profile_agent_drops_prompt(tmp_path: Path, source_dir: Path) -> None:
+    # A CLI profile requires a prompt, but the shell's command does not use it.
+    data = manifest_data("project", agents=[{"name": "writer", "profile": "claude-code", "prompt": "Write docs."}])
+    path = write_manifest_data(source_dir.parent, data)
+    request = ShellRequest(runs_dir=tmp_path / "runs", manifest=path, agent="writer")
+    loaded, _run_id = prepare_shell_manifest(request, cwd=tmp_path)
+    [writer] = loaded.manifest.agents
+    assert writer.profile == "claude-code"
+    assert writer.prompt is None
+    assert tuple(writer.command) == SHELL_COMMAND
+
+
+def test_shell_command_keeps_prompt_it_names(tmp_path: Path, source_dir: Path) -> None:
+    data = manifest_data("project", agents=[{"name": "writer", "profile": "claude-code", "prompt": "Write docs."}])
+    path = write_manifest_data(source_dir.parent, data)
+    request = ShellRequest(runs_dir=tmp_path / "runs", manifest=path, agent="writer", command=("claude", "{prompt}"))
+    loaded, _run_id = prepare_shell_manifest(request, cwd=tmp_path)
+    [writer] = loaded.manifest.agents
+    assert writer.prompt == "Write docs."
+    assert writer.command == ["claude", "{prompt}"]
+
+
+def test_shell_error_names_option_not_file(tmp_path: Path, source_dir: Path) -> None:
+    # The written manifest is deleted when it fails, so an error must not send the user to it.
+    with pytest.raises(ManifestError) as caught:
+        prepare_shell_manifest(ShellRequest(runs_dir=tmp_path / "runs", timeout="soon"), cwd=source_dir)
+    message = str(caught.value)
+    assert message.startswith("orchestrate shell: --timeout: ")
+    assert "shell.yaml" not in message
+
+
+def test_shell_plan_error_names_profile(tmp_path: Path) -> None:
+    written = tmp_path / "runs" / "shell-1" / "shell.yaml"
+    error = PlanError([Problem(str(written), 7, "agents[0]", "secret ANTHROPIC_API_KEY ... is not set", "x")])
+    request = ShellRequest(runs_dir=tmp_path / "runs", profile="claude-code")
+    relabeled = for_shell_options(error, request, written)
+    assert isinstance(relabeled, PlanError)
+    assert str(relabeled) == "orchestrate shell --profile claude-code: secret ANTHROPIC_API_KEY ... is not set"
+    assert relabeled.problems[0].cause == "x"
+
+
+def test_shell_error_names_user_manifest(tmp_path: Path) -> None:
+    written = tmp_path / "runs" / "shell-1" / "shell.yaml"
+    error = PlanError([Problem(str(written), 7, "agents[0].env", "broken")])
+    request = ShellRequest(runs_dir=tmp_path / "runs", manifest=tmp_path / "agents.yaml", agent="writer")
+    relabeled = for_shell_options(error, request, written)
+    assert str(relabeled) == f"{tmp_path / 'agents.yaml'}: agent writer.env: broken"
+
+
+def test_shell_banner_read_only_source(plan_for: Callable[..., RunPlan], source_dir: Path) -> None:
+    plan = plan_for(manifest_data(source_dir, agents=[agent("shell", interactive=True)]))
+    banner = shell_banner(plan)
+    assert banner.startswith(f"{plan.source} is read-only at /workspace/src;")
+    assert banner.endswith("the shell starts in /workspace/output")
+
+
+def test_shell_banner_private_copy(plan_for: Callable[..., RunPlan], source_dir: Path) -> None:
+    data = {**manifest_data(source_dir, agents=[agent("shell", interactive=True, workdir="/workspace/src")]),
+            "source": {"path": str(source_dir), "mode": "copy"}}
+    banner = shell_banner(plan_for(data))
+    assert banner.startswith(f"a private writable copy of {source_dir} is at /workspace/src;")
+    assert "read-only" not in banner
+    assert banner.endswith("the shell starts in /workspace/src")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator.status import RunLock, is_active, run_statuses
+from orchestrator.status import RunLock, is_active, run_detail, run_statuses
 
 
 def make_run(root: Path, run_id: str, *, result: bool) -> Path:
@@ -47,3 +47,17 @@ def test_states_from_folders_and_containers(tmp_path: Path) -> None:
     assert statuses["run-dead"].agents == 2
     assert statuses["run-gone"].state == "unknown folder"
     assert statuses["run-gone"].running == 1
+
+
+def test_detail_names_broker_by_role(tmp_path: Path) -> None:
+    make_run(tmp_path, "run-a", result=True)
+    containers = [
+        {"Id": "a" * 64, "Labels": {"orchestrate.run": "run-a", "orchestrate.agent": "a"}, "State": "running"},
+        {"Id": "b" * 64, "Labels": {"orchestrate.run": "run-a", "orchestrate.role": "broker"}, "State": "running"},
+    ]
+
+    detail = run_detail(tmp_path, "run-a", containers)
+
+    assert detail is not None
+    names = [row.agent for row in detail.agents]
+    assert names == ["a", "b", "(broker)"]
