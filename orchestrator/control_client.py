@@ -35,6 +35,7 @@ from .control_protocol import (
 from .errors import EnvironmentProblem, InputError, OrchestrateError
 from .plan import RUN_ID_PATTERN
 from .terminal import DetachDetector, window_size
+from .terminal_filter import TerminalFilter
 
 # How often the relay checks the window size when no SIGWINCH wakes it (in a thread, which gets no signals).
 SIZE_POLL_SECONDS = 0.25
@@ -151,8 +152,29 @@ class Relay:
         self._resize_fd = resize_fd
         self._stop = stop or threading.Event()
         self._size = None if terminal_fd is None else window_size(terminal_fd)
+        # Only a terminal gets filtered output: a pipe or file gets the program's exact bytes.
+        self._output_filter = TerminalFilter() if output.isatty() else None
+        self._errors_filter = TerminalFilter() if errors.isatty() else None
 
     def run(self, opened: Opened) -> RelayEnd:
+        """Relay until the program ends, the user detaches or the run ends; then turn off the modes it left on."""
+        try:
+            return self._relay(opened)
+        finally:
+            self._reset_terminal()
+
+    def _reset_terminal(self) -> None:
+        # One reset is enough when standard output and standard error are the same terminal.
+        for stream, terminal_filter in ((self._output, self._output_filter), (self._errors, self._errors_filter)):
+            if terminal_filter is not None:
+                try:
+                    stream.write(terminal_filter.reset_sequence())
+                    stream.flush()
+                except OSError:
+                    pass  # The terminal has gone, and its modes with it.
+                return
+
+    def _relay(self, opened: Opened) -> RelayEnd:
         buffer = opened.buffer
         end = self._handle_frames(opened.pending)
         if end is not None:
@@ -187,10 +209,10 @@ class Relay:
     def _handle_frames(self, frames: list[tuple[bytes, bytes]]) -> RelayEnd | None:
         for kind, payload in frames:
             if kind == STDOUT:
-                self._output.write(payload)
+                self._output.write(payload if self._output_filter is None else self._output_filter.feed(payload))
                 self._output.flush()
             elif kind == STDERR:
-                self._errors.write(payload)
+                self._errors.write(payload if self._errors_filter is None else self._errors_filter.feed(payload))
                 self._errors.flush()
             elif kind == EXIT:
                 code = decode_json(kind, payload).get("exit_code")

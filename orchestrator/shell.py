@@ -81,7 +81,8 @@ def _check_options(request: ShellRequest) -> None:
     profile = request.profile or DEFAULT_PROFILE
     if profile not in PROFILE_NAMES:
         known = ", ".join(sorted(PROFILE_NAMES))
-        raise InputError(f"unknown profile '{profile}' for --profile; use one of: {known} (`orchestrate agents` lists them)")
+        raise InputError(f"unknown profile '{profile}' for --profile; use one of: {known} "
+                         "(`orchestrate agents` lists them)")
 
 
 def _agent_entry(request: ShellRequest, base: dict[str, Any]) -> dict[str, Any]:
