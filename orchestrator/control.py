@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 # Seconds a new connection has to send its request.
 HELLO_TIMEOUT = 10.0
+# Connections served at once. Any more get an error reply and are closed, so a flood of connections cannot use
+# up the run process's file descriptors, which its engine calls and the workspace watches need too.
+MAX_CONNECTIONS = 64
+# Seconds to wait before accepting again after accept failed, such as with EMFILE when descriptors ran out.
+ACCEPT_RETRY_SECONDS = 0.5
 
 
 class ControlServer:
@@ -54,6 +59,7 @@ class ControlServer:
         self._audit = audit
         self._ready = ready
         self._listener: anyio.abc.SocketListener | None = None
+        self._connections = 0
 
     async def open(self) -> None:
         """Create the socket; raise EnvironmentProblem when that fails.
@@ -78,7 +84,7 @@ class ControlServer:
                 task_status.started()
                 if self._ready is not None:
                     self._ready(self.path)
-                await self._listener.serve(self._handle, task_group=group)
+                await self._accept_loop(self._listener, group)
         finally:
             try:
                 self.path.unlink()
@@ -96,6 +102,41 @@ class ControlServer:
         finally:
             if folder is not None:
                 os.close(folder)
+
+    async def _accept_loop(self, listener: anyio.abc.SocketListener, group: anyio.abc.TaskGroup) -> None:
+        # anyio's SocketListener.serve ends on the first failed accept, which would end the run with it.
+        failures = 0
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.BrokenResourceError as exc:
+                failures += 1
+                if failures == 1 or failures % 100 == 0:
+                    log.warning("accepting a control connection on %s failed (%d times in a row): %s; retrying in "
+                                "%g s", self.path, failures, exc.__cause__ or exc, ACCEPT_RETRY_SECONDS)
+                await anyio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            failures = 0
+            group.start_soon(self._handle_counted, stream)
+
+    async def _handle_counted(self, stream: anyio.abc.SocketStream) -> None:
+        if self._connections >= MAX_CONNECTIONS:
+            async with stream:
+                log.warning("rejected a control connection: %d connections are open already", self._connections)
+                channel = ClientChannel(stream)
+                # The request is read first: closing a Unix socket with unread input resets it, and the
+                # client would get ECONNRESET instead of the reason.
+                with anyio.move_on_after(1.0):
+                    await channel.receive()
+                await channel.send(encode_json(ERROR, {
+                    "error": f"the run serves at most {MAX_CONNECTIONS} control connections at once; close some "
+                             "`orchestrate exec` or `attach` sessions and try again"}))
+            return
+        self._connections += 1
+        try:
+            await self._handle(stream)
+        finally:
+            self._connections -= 1
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:

@@ -117,7 +117,10 @@ def open_session(connection: socket.socket, request: Request) -> Opened:
         pass  # A run that rejects the peer replies at once and closes, and its reply is still there to read.
     buffer = FrameBuffer()
     while True:
-        data = connection.recv(65536)
+        try:
+            data = connection.recv(65536)
+        except ConnectionResetError:
+            data = b""
         if not data:
             raise SessionError("the run process closed the connection before its reply; the run may have ended")
         frames = buffer.feed(data)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -102,3 +105,61 @@ def test_unusable_control_folder_is_environment_problem(tmp_path: Path) -> None:
 
     with pytest.raises(EnvironmentProblem, match="cannot create the run's control socket"):
         anyio.run(server.open)
+
+
+def test_connections_over_limit_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.control.MAX_CONNECTIONS", 2)
+    replies: list[list[tuple[bytes, dict[str, Any]]]] = []
+    valid = Request("exec", "worker", ("true",), False, None, None)
+
+    def flood(path: Path) -> None:
+        idle = []
+        for _ in range(2):
+            connection = socket.socket(socket.AF_UNIX)
+            connection.connect(str(path))
+            idle.append(connection)
+        time.sleep(0.2)
+        replies.append(exchange(path, encode_json(HELLO, valid.to_json())))
+        for connection in idle:
+            connection.close()
+        time.sleep(0.2)
+        replies.append(exchange(path, encode_json(HELLO, valid.to_json())))
+
+    serve_and(tmp_path, flood, [])
+    assert replies[0][0][0] == ERROR
+    assert "at most 2 control connections" in replies[0][0][1]["error"]
+    assert replies[1] == [(EXIT, {"exit_code": 0})]
+
+
+def test_descriptor_exhaustion_keeps_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.control.ACCEPT_RETRY_SECONDS", 0.05)
+    replies: list[list[tuple[bytes, dict[str, Any]]]] = []
+    valid = Request("exec", "worker", ("true",), False, None, None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def exhaust(path: Path) -> None:
+        held: list[socket.socket] = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+        try:
+            while True:
+                try:
+                    connection = socket.socket(socket.AF_UNIX)
+                except OSError:
+                    break
+                held.append(connection)
+                connection.connect(str(path))
+            # One descriptor freed for one more client leaves none for the server's accept.
+            held.pop().close()
+            last = socket.socket(socket.AF_UNIX)
+            held.append(last)
+            last.connect(str(path))
+            time.sleep(0.3)
+        finally:
+            for connection in held:
+                connection.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        time.sleep(0.3)
+        replies.append(exchange(path, encode_json(HELLO, valid.to_json())))
+
+    serve_and(tmp_path, exhaust, [])
+    assert replies == [[(EXIT, {"exit_code": 0})]]
