@@ -3,7 +3,8 @@
 The socket is `runs/<run-id>/control/orchestrate.sock`, in a folder of mode
 0700, with mode 0600, owned by the invoking user, and removed when the run
 ends. Besides the file modes, each connection's peer uid (SO_PEERCRED) must be
-the run's own uid or root. A connection that breaks the protocol gets an ERROR
+the run's own uid or root, and the peer must share the run process's PID
+namespace, which no agent does. A connection that breaks the protocol gets an ERROR
 frame and is closed; no client can end the run or its other sessions.
 """
 
@@ -30,6 +31,7 @@ from .control_protocol import (
     socket_path,
 )
 from .errors import DockerUnavailable, EnvironmentProblem
+from .peer_check import foreign_namespace_reason
 from .relay import ClientChannel, Peer
 from .runtime.docker import ContainerGone, RuntimeFailure
 from .sessions import Audit, SessionHost, SessionRefused
@@ -147,6 +149,13 @@ class ControlServer:
                 self._audit("control-rejected", who=peer.to_json(), reason="the peer's uid is not the run's")
                 log.warning("rejected a control connection from pid %d, uid %d: not the run's user", pid, uid)
                 await channel.send(encode_json(ERROR, {"error": "permission denied: this run belongs to another user"}))
+                return
+            reason = foreign_namespace_reason(pid, uid)
+            if reason is not None:
+                self._audit("control-rejected", who=peer.to_json(), reason=reason)
+                log.warning("rejected a control connection from pid %d, uid %d: %s", pid, uid, reason)
+                await channel.send(encode_json(ERROR, {"error": f"permission denied: {reason}; run orchestrate exec "
+                                                                "and attach on the host, not inside a sandbox"}))
                 return
             try:
                 await self._serve_request(channel, peer)

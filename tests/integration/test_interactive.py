@@ -427,3 +427,43 @@ def test_outside_attach_is_tampering(project: Project) -> None:
     assert run.returncode == 3
     tampering = [record for record in audit_records(project, run_id) if record.get("violation") == "tampering"]
     assert [record["subject"] for record in tampering] == ["attach"]
+
+
+def test_container_peer_rejected(project: Project) -> None:
+    """A process inside a container that reaches the socket is rejected, even with an accepted uid.
+
+    An agent of a run started by an ordinary user has that user's uid, and another run's socket can appear in a
+    folder the agent sees. Here a root container stands in for it, since uid 0 passes the uid check too.
+    """
+    manifest = project.manifest([{"name": "worker", "command": ["sleep", "60"]}])
+    run = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    try:
+        container = project.wait_for_running(1)[0]
+        run_id = container.labels["orchestrate.run"]
+        socket_file = socket_path(project.runs / run_id)
+        deadline = time.monotonic() + 30
+        while not socket_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        client_script = (
+            "import json, socket, struct\n"
+            "request = json.dumps({'version': 1, 'action': 'exec', 'agent': 'worker', 'command': ['id']}).encode()\n"
+            "connection = socket.socket(socket.AF_UNIX)\n"
+            "connection.connect('/control/orchestrate.sock')\n"
+            "connection.sendall(struct.pack('>cI', b'H', len(request)) + request)\n"
+            "print(connection.recv(65536)[5:].decode())\n"
+        )
+        output = project.client.containers.run(
+            "orchestrate/base:latest", ["python3", "-c", client_script], user="0", remove=True,
+            labels={"orchestrate.test": project.name}, network_mode="none",
+            volumes={str(socket_file.parent): {"bind": "/control", "mode": "ro"}},
+        ).decode()
+        assert "another PID namespace" in output
+        assert run.poll() is None
+    finally:
+        run.terminate()
+        run.communicate(timeout=60)
+
+    records = audit_records(project, run_id)
+    assert [record["kind"] for record in records].count("control-rejected") == 1
+    assert not [record for record in records if record["kind"] == "user-exec"]
