@@ -71,6 +71,11 @@ class ControlServer:
         """
         try:
             self._listener = await self._listen()
+        except FileExistsError as exc:
+            raise EnvironmentProblem(
+                f"cannot create the run's control socket: {self.path.parent} already exists, and only the run may "
+                "create it; remove it and start the run again"
+            ) from exc
         except OSError as exc:
             raise EnvironmentProblem(
                 f"cannot create the run's control socket {self.path} ({exc.strerror or exc}); check that the runs "
@@ -96,8 +101,9 @@ class ControlServer:
 
     async def _listen(self) -> anyio.abc.SocketListener:
         # The folder is private before the socket exists, so no other user can reach it between bind and chmod.
-        self.path.parent.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.path.parent, 0o700)
+        # It must be new: a folder or link that is already there may belong to someone else, or lead elsewhere.
+        os.mkdir(self.path.parent, 0o700)
+        os.chmod(self.path.parent, 0o700, follow_symlinks=False)
         address, folder = bind_address(self.path)
         try:
             return await anyio.create_unix_listener(address, mode=0o600)

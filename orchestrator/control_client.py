@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,31 @@ def run_socket(runs_dir: Path, run_id: str) -> Path:
     if not path.exists():
         raise EnvironmentProblem(f"run {run_id} is not active: {path} does not exist; only a running `orchestrate run` "
                                  "or `orchestrate shell` accepts exec and attach (check `orchestrate status`)")
+    problem = socket_owner_problem(path)
+    if problem is not None:
+        raise EnvironmentProblem(f"rejected the control socket {path}: {problem}; a run's control folder is a private "
+                                 "folder of the user who started it, so this one was not made by orchestrate")
     return path
+
+
+def socket_owner_problem(path: Path) -> str | None:
+    """Return why the socket at `path` may be another user's stand-in for a run's, or None when it looks right.
+
+    The owner of the folder can replace the socket and read what `exec` and `attach` send, typed input included.
+    """
+    folder = path.parent.lstat()
+    socket_stat = path.lstat()
+    if stat.S_ISLNK(folder.st_mode) or not stat.S_ISDIR(folder.st_mode):
+        return f"{path.parent} is not a folder"
+    if not stat.S_ISSOCK(socket_stat.st_mode):
+        return "it is not a socket"
+    if folder.st_mode & 0o077:
+        return f"{path.parent} has mode {stat.S_IMODE(folder.st_mode):o}, not 700"
+    if socket_stat.st_uid != folder.st_uid:
+        return f"it belongs to uid {socket_stat.st_uid}, its folder to uid {folder.st_uid}"
+    if folder.st_uid not in (os.getuid(), 0) and os.getuid() != 0:
+        return f"it belongs to uid {folder.st_uid}, not to you (uid {os.getuid()}) or root"
+    return None
 
 
 def connect(path: Path) -> socket.socket:

@@ -163,3 +163,17 @@ def test_descriptor_exhaustion_keeps_serving(tmp_path: Path, monkeypatch: pytest
 
     serve_and(tmp_path, exhaust, [])
     assert replies == [[(EXIT, {"exit_code": 0})]]
+
+
+def test_planted_control_link_rejected(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "control").symlink_to(elsewhere)
+    server = ControlServer(run_dir, cast(SessionHost, RecordingSessions()), audit=lambda kind, **fields: None)
+
+    with pytest.raises(EnvironmentProblem, match="already exists"):
+        anyio.run(server.open)
+    assert list(elsewhere.iterdir()) == []
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755
