@@ -467,3 +467,21 @@ def test_container_peer_rejected(project: Project) -> None:
     records = audit_records(project, run_id)
     assert [record["kind"] for record in records].count("control-rejected") == 1
     assert not [record for record in records if record["kind"] == "user-exec"]
+
+
+def test_shell_output_filtered_for_terminal(project: Project, shell_runs: list[str]) -> None:
+    # The clipboard write and the DCS passthrough are split by `sleep`, so they reach the relay in separate reads.
+    script = (r"printf 'start\033]52;c;ZXZpbAo='; sleep 0.3; printf '\007mid\033Ptmux;\033\033]52;c;eA==\007'; "
+              r"sleep 0.3; printf '\033\\\033[?1000h\033]0;title\007end\n'")
+    child = spawn(project, "shell", "--source", "src", "--runs-dir", "runs", "--", "sh", "-c", script)
+    shell_runs.append(run_id_from(child))
+    child.expect(pexpect.EOF)
+    child.close()
+    output = child.before
+    assert child.exitstatus == 0
+    assert "startmid" in output
+    assert "\x1b[?1000h\x1b]0;title\x1b\\end" in output
+    assert "]52" not in output
+    assert "\x1bP" not in output
+    # The mouse mode the program switched on is switched off after it.
+    assert output.index("\x1b[?1000l") > output.index("end")
