@@ -163,7 +163,10 @@ class TerminalFilter:
         else:
             self._sequence.append(byte)
             if byte >= 0x30:
-                out.extend(self._sequence)
+                # ESC % switches the terminal out of UTF-8, after which it reads bytes this filter passed inside
+                # UTF-8 characters, such as 0x9D, as C1 controls. So that sequence is dropped.
+                if self._sequence[1] != ord("%"):
+                    out.extend(self._sequence)
                 self._state = _GROUND
 
     def _csi(self, byte: int, out: bytearray) -> None:
@@ -193,6 +196,8 @@ class TerminalFilter:
             return first.isdigit() and int(first) in ALLOWED_WINDOW_OPS
         if final == ord("i"):
             return False  # Media copy: sends the screen to the terminal's printer command.
+        if final == ord("y") and text.endswith("*"):
+            return False  # DECRQCRA: its checksum reply lets the program read the screen, earlier output included.
         if final in (ord("h"), ord("l")) and text.startswith("?"):
             if _ALTERNATE_MODES & set(text[1:].split(";")):
                 self.alternate_screen = final == ord("h")

@@ -39,6 +39,8 @@ HOSTILE = [
     pytest.param(b"\x1b[5i", id="media-copy"),
     pytest.param(b"\x1b]50;?\x07", id="font-query"),
     pytest.param(b"\x1b]777;notify;a;b\x07", id="notify"),
+    pytest.param(b"\x1b%@", id="leave-utf8"),
+    pytest.param(b"\x1b[1;1;1;1;2;2*y", id="screen-checksum"),
 ]
 
 
