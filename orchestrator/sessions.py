@@ -61,6 +61,8 @@ CLIENT_QUEUE_FRAMES = 1024
 # client's close arrives makes anyio 4.16 log an InvalidStateError, so the normal end never cuts one.
 CLIENT_HANG_UP_WAIT = 5.0
 OPEN_POLL_SECONDS = 0.5
+# How often a user's exec checks whether its agent is being stopped.
+STOPPING_POLL_SECONDS = 0.2
 
 Audit = Callable[..., None]
 
@@ -275,6 +277,7 @@ class SessionHost:
             input_side = InputSide()
             async with anyio.create_task_group() as group:
                 group.start_soon(input_side.run, self._forward_exec_input(channel, stream, exec_id))
+                group.start_soon(self._close_when_stopping, agent.name, stream)
                 await self._pump_exec(stream, channel, tty=request.tty)
                 if input_side.done.is_set():
                     hung_up = await self._hang_up(exec_id)
@@ -304,6 +307,18 @@ class SessionHost:
         finally:
             # The client has gone or broke the protocol: closing the exec's connection ends its output too.
             stream.close()
+
+    async def _close_when_stopping(self, agent: str, stream: ExecPipe) -> None:
+        """Close an exec's connection once its agent is being stopped.
+
+        A client that stops reading blocks the relay, and the relay then leaves the exec's output unread. The
+        engine waits for that output before it lets the container stop, which delayed a stop by about 10 s on
+        Docker 20.10.
+        """
+        # Polled, as `attach` does: the monitor marks an agent stopping from several places and has no event for it.
+        while not self.monitor.is_stopping(agent):  # noqa: ASYNC110
+            await anyio.sleep(STOPPING_POLL_SECONDS)
+        stream.close()
 
     async def _hang_up(self, exec_id: str) -> bool:
         """Send SIGHUP to an exec whose client went away, as a closed terminal would; return whether it was sent.

@@ -485,3 +485,30 @@ def test_shell_output_filtered_for_terminal(project: Project, shell_runs: list[s
     assert "\x1bP" not in output
     # The mouse mode the program switched on is switched off after it.
     assert output.index("\x1b[?1000l") > output.index("end")
+
+
+def test_stalled_exec_client_does_not_delay_stop(project: Project) -> None:
+    manifest = project.manifest([{"name": "worker", "command": ["sleep", "60"]}])
+    run = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    try:
+        container = project.wait_for_running(1)[0]
+        run_id = container.labels["orchestrate.run"]
+        socket_file = socket_path(project.runs / run_id)
+        deadline = time.monotonic() + 30
+        while not socket_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with connect(socket_file) as stalled:
+            # The client asks for endless output and never reads it.
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.sendall(encode(HELLO, b'{"version": 1, "action": "exec", "agent": "worker", "command": ["yes"]}'))
+            time.sleep(2)
+            stopping = time.monotonic()
+            run.terminate()
+            run.communicate(timeout=60)
+            stop_seconds = time.monotonic() - stopping
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate(timeout=60)
+    # A stop takes about 2 s on the test machine; a relay stuck on the client made it about 13 s.
+    assert stop_seconds < 6
