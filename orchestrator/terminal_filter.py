@@ -45,6 +45,7 @@ MODE_RESET = (b"\x1b(B\x0f\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1005l\x1b[?1006
               b"\x1b[?2026l\x1b[?1l\x1b>\x1b[<99u\x1b[>4m\x1b[0m\x1b[?25h")
 ALTERNATE_SCREEN_OFF = b"\x1b[?1049l"
 _ALTERNATE_MODES = frozenset({"47", "1047", "1049"})
+_SECOND_BYTE = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 _GROUND, _ESCAPE, _ESCAPE_INTERMEDIATE, _CSI, _CSI_IGNORE, _OSC, _STRING, _STRING_ESCAPE = range(8)
@@ -58,6 +59,7 @@ class TerminalFilter:
         self._sequence = bytearray()
         # UTF-8 continuation bytes still due in the character being passed.
         self._continuations = 0
+        self._next_low, self._next_high = 0x80, 0xBF
         # A 0xC2 lead byte held back until the next byte shows whether it starts a C1 control.
         self._held_c2 = False
         self._osc_too_long = False
@@ -99,8 +101,9 @@ class TerminalFilter:
             if 0x80 <= byte <= 0xBF:
                 out.append(byte)
                 return
-        if self._continuations and 0x80 <= byte <= 0xBF:
+        if self._continuations and self._next_low <= byte <= self._next_high:
             self._continuations -= 1
+            self._next_low, self._next_high = 0x80, 0xBF
             out.append(byte)
             return
         self._continuations = 0
@@ -118,6 +121,9 @@ class TerminalFilter:
                 self._continuations = 2
             elif 0xF0 <= byte <= 0xF4:
                 self._continuations = 3
+            # The second byte's range of well-formed UTF-8 (RFC 3629), so an overlong or surrogate form cannot
+            # carry a bare 0x80 to 0x9F byte past the filter.
+            self._next_low, self._next_high = _SECOND_BYTE.get(byte, (0x80, 0xBF))
             out.append(byte)
 
     def _escape(self, byte: int, out: bytearray) -> None:

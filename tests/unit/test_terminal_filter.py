@@ -62,6 +62,12 @@ def test_osc_payload_cannot_smuggle_controls() -> None:
     assert output == b"\x1b]0;ti52;c;x\x1b\\"
 
 
+@pytest.mark.parametrize("malformed", [b"\xe0\x80\x9d", b"\xf0\x80\x80\x9d", b"\xed\xa0\x9d"])
+def test_malformed_utf8_carries_no_c1(malformed: bytes) -> None:
+    output = filtered(malformed + b"\x9d52;c;eA==\x07")
+    assert b"\x9d" not in output
+
+
 def test_osc_too_long_dropped() -> None:
     output = filtered(b"\x1b]0;" + b"a" * 10_000 + b"\x07tail")
     assert output == b"tail"
@@ -75,7 +81,7 @@ def test_osc_too_long_dropped() -> None:
     b"\x1b[22;0t\x1b[23;0t",
     b"\x1b(0qq\x1b(B",
     b"\x1b7\x1b8\x1bM",
-    "caf\u00e9 \u015c \u2500 \U0001f600".encode(),
+    "caf\u00e9 \u015c \u2500 \u209d \U0001f600".encode(),
     b"\r\n\t\x08\x07",
 ])
 def test_drawing_passes_unchanged(sequence: bytes) -> None:
