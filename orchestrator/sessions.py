@@ -13,8 +13,6 @@ the peer's pid and uid from SO_PEERCRED and, for an exec, the command and exit c
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from .control_protocol import (
     parse_size,
 )
 from .errors import DockerUnavailable
+from .exec_hangup import hang_up
 from .interactive import SESSION_TERM
 from .monitor import Monitor
 from .plan import AgentPlan, RunPlan
@@ -280,7 +279,7 @@ class SessionHost:
                 group.start_soon(self._close_when_stopping, agent.name, stream)
                 await self._pump_exec(stream, channel, tty=request.tty)
                 if input_side.done.is_set():
-                    hung_up = await self._hang_up(exec_id)
+                    hung_up = await self._hang_up(exec_id, container_id)
                 exit_code = await self._exit_code(exec_id)
                 await channel.send(encode_json(EXIT, {"exit_code": exit_code}))
                 await wait_until(input_side.done, CLIENT_HANG_UP_WAIT)
@@ -320,7 +319,7 @@ class SessionHost:
             await anyio.sleep(STOPPING_POLL_SECONDS)
         stream.close()
 
-    async def _hang_up(self, exec_id: str) -> bool:
+    async def _hang_up(self, exec_id: str, container_id: str) -> bool:
         """Send SIGHUP to an exec whose client went away, as a closed terminal would; return whether it was sent.
 
         The engine closes neither a terminal exec's terminal nor its process when the client goes.
@@ -329,11 +328,14 @@ class SessionHost:
         execs = self._require_execs()
         try:
             pid = await self.workers.call(lambda: execs.running_pid(exec_id))
-            if pid is None:
-                return False
-            os.kill(pid, signal.SIGHUP)
-        except (ProcessLookupError, PermissionError, RuntimeFailure, ContainerGone, DockerUnavailable) as exc:
+        except (RuntimeFailure, ContainerGone, DockerUnavailable) as exc:
             log.debug("exec %s: sending SIGHUP failed: %s", exec_id[:12], exc)
+            return False
+        if pid is None:
+            return False
+        problem = hang_up(pid, container_id)
+        if problem is not None:
+            log.info("exec %s: its client went away, but no SIGHUP was sent: %s", exec_id[:12], problem)
             return False
         log.info("exec %s: its client went away; sent SIGHUP to process %d", exec_id[:12], pid)
         return True
