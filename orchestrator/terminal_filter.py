@@ -46,6 +46,8 @@ MODE_RESET = (b"\x1b(B\x0f\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1005l\x1b[?1006
 ALTERNATE_SCREEN_OFF = b"\x1b[?1049l"
 _ALTERNATE_MODES = frozenset({"47", "1047", "1049"})
 _SECOND_BYTE = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
+# The bytes that the ground state does not pass unchanged: ESC, and everything outside ASCII.
+_SPECIAL_BYTE = re.compile(rb"[\x1b\x80-\xff]")
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 _GROUND, _ESCAPE, _ESCAPE_INTERMEDIATE, _CSI, _CSI_IGNORE, _OSC, _STRING, _STRING_ESCAPE = range(8)
@@ -69,8 +71,18 @@ class TerminalFilter:
     def feed(self, data: bytes) -> bytes:
         """Return the part of `data` that may reach the terminal, given everything fed before it."""
         out = bytearray()
-        for byte in data:
-            self._step(byte, out)
+        position = 0
+        while position < len(data):
+            if self._state == _GROUND and not self._held_c2 and not self._continuations:
+                # Plain ASCII passes as it is, so it is copied in one slice rather than judged byte by byte.
+                special = _SPECIAL_BYTE.search(data, position)
+                end = len(data) if special is None else special.start()
+                out += data[position:end]
+                position = end
+                if position == len(data):
+                    break
+            self._step(data[position], out)
+            position += 1
         return bytes(out)
 
     def reset_sequence(self) -> bytes:
