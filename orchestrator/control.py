@@ -43,6 +43,8 @@ HELLO_TIMEOUT = 10.0
 # Connections served at once. Any more get an error reply and are closed, so a flood of connections cannot use
 # up the run process's file descriptors, which its engine calls and the workspace watches need too.
 MAX_CONNECTIONS = 64
+# Seconds a rejected client has to send its request before the rejection goes out.
+REJECT_READ_SECONDS = 1.0
 # Seconds to wait before accepting again after accept failed, such as with EMFILE when descriptors ran out.
 ACCEPT_RETRY_SECONDS = 0.5
 
@@ -132,10 +134,7 @@ class ControlServer:
             async with stream:
                 log.warning("rejected a control connection: %d connections are open already", self._connections)
                 channel = ClientChannel(stream)
-                # The request is read first: closing a Unix socket with unread input resets it, and the
-                # client would get ECONNRESET instead of the reason.
-                with anyio.move_on_after(1.0):
-                    await channel.receive()
+                await _read_request_before_rejecting(channel)
                 await channel.send(encode_json(ERROR, {
                     "error": f"the run serves at most {MAX_CONNECTIONS} control connections at once; close some "
                              "`orchestrate exec` or `attach` sessions and try again"}))
@@ -154,12 +153,14 @@ class ControlServer:
             if uid not in (os.getuid(), 0):
                 self._audit("control-rejected", who=peer.to_json(), reason="the peer's uid is not the run's")
                 log.warning("rejected a control connection from pid %d, uid %d: not the run's user", pid, uid)
+                await _read_request_before_rejecting(channel)
                 await channel.send(encode_json(ERROR, {"error": "permission denied: this run belongs to another user"}))
                 return
             reason = foreign_namespace_reason(pid, uid)
             if reason is not None:
                 self._audit("control-rejected", who=peer.to_json(), reason=reason)
                 log.warning("rejected a control connection from pid %d, uid %d: %s", pid, uid, reason)
+                await _read_request_before_rejecting(channel)
                 await channel.send(encode_json(ERROR, {"error": f"permission denied: {reason}; run orchestrate exec "
                                                                 "and attach on the host, not inside a sandbox"}))
                 return
@@ -194,3 +195,16 @@ class ControlServer:
             await self._sessions.run_exec(request, channel, peer)
         else:
             await self._sessions.attach(request, channel, peer)
+
+
+async def _read_request_before_rejecting(channel: ClientChannel) -> None:
+    """Wait up to REJECT_READ_SECONDS for the client's request, whose content does not matter.
+
+    A reply sent before the request arrived breaks the client's send with EPIPE, and closing a Unix socket
+    with unread input resets it, so either way the client would not read the reason.
+    """
+    with anyio.move_on_after(REJECT_READ_SECONDS):
+        try:
+            await channel.receive()
+        except ProtocolError:
+            pass
