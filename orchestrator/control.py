@@ -43,6 +43,9 @@ HELLO_TIMEOUT = 10.0
 # Connections served at once. Any more get an error reply and are closed, so a flood of connections cannot use
 # up the run process's file descriptors, which its engine calls and the workspace watches need too.
 MAX_CONNECTIONS = 64
+# Rejected connections recorded one by one; after them, one in every REJECTION_SAMPLE, with the running count.
+REJECTIONS_IN_FULL = 20
+REJECTION_SAMPLE = 1000
 # Seconds a rejected client has to send its request before the rejection goes out.
 REJECT_READ_SECONDS = 1.0
 # Seconds to wait before accepting again after accept failed, such as with EMFILE when descriptors ran out.
@@ -64,6 +67,7 @@ class ControlServer:
         self._ready = ready
         self._listener: anyio.abc.SocketListener | None = None
         self._connections = 0
+        self._rejections = 0
 
     async def open(self) -> None:
         """Create the socket; raise EnvironmentProblem when that fails.
@@ -145,21 +149,32 @@ class ControlServer:
         finally:
             self._connections -= 1
 
+    def _record_rejection(self, peer: Peer, reason: str) -> None:
+        """Audit and log a rejected peer; past the first REJECTIONS_IN_FULL, only every REJECTION_SAMPLE-th.
+
+        A process that reconnects in a loop would otherwise fill the audit log and the terminal.
+        """
+        self._rejections += 1
+        count = self._rejections
+        if count > REJECTIONS_IN_FULL and count % REJECTION_SAMPLE:
+            return
+        self._audit("control-rejected", who=peer.to_json(), reason=reason, rejections=count)
+        log.warning("rejected a control connection from pid %d, uid %d: %s (%d rejections in this run)", peer.pid,
+                    peer.uid, reason, count)
+
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:
             pid, uid, gid = peer_credentials(stream.extra(SocketAttribute.raw_socket))
             peer = Peer(pid=pid, uid=uid, gid=gid)
             channel = ClientChannel(stream)
             if uid not in (os.getuid(), 0):
-                self._audit("control-rejected", who=peer.to_json(), reason="the peer's uid is not the run's")
-                log.warning("rejected a control connection from pid %d, uid %d: not the run's user", pid, uid)
+                self._record_rejection(peer, "the peer's uid is not the run's")
                 await _read_request_before_rejecting(channel)
                 await channel.send(encode_json(ERROR, {"error": "permission denied: this run belongs to another user"}))
                 return
             reason = foreign_namespace_reason(pid, uid)
             if reason is not None:
-                self._audit("control-rejected", who=peer.to_json(), reason=reason)
-                log.warning("rejected a control connection from pid %d, uid %d: %s", pid, uid, reason)
+                self._record_rejection(peer, reason)
                 await _read_request_before_rejecting(channel)
                 await channel.send(encode_json(ERROR, {"error": f"permission denied: {reason}; run orchestrate exec "
                                                                 "and attach on the host, not inside a sandbox"}))

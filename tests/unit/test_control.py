@@ -177,3 +177,21 @@ def test_planted_control_link_rejected(tmp_path: Path) -> None:
         anyio.run(server.open)
     assert list(elsewhere.iterdir()) == []
     assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755
+
+
+def test_repeated_rejections_sampled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.control.foreign_namespace_reason", lambda pid, uid: "a test peer")
+    monkeypatch.setattr("orchestrator.control.REJECTIONS_IN_FULL", 2)
+    monkeypatch.setattr("orchestrator.control.REJECTION_SAMPLE", 3)
+    audit: list[tuple[str, dict[str, Any]]] = []
+    replies: list[list[tuple[bytes, dict[str, Any]]]] = []
+    valid = Request("exec", "worker", ("true",), False, None, None)
+
+    def reconnect(path: Path) -> None:
+        for _ in range(7):
+            replies.append(exchange(path, encode_json(HELLO, valid.to_json())))
+
+    sessions = serve_and(tmp_path, reconnect, audit)
+    assert all(reply[0][0] == ERROR and "a test peer" in reply[0][1]["error"] for reply in replies)
+    assert [fields["rejections"] for kind, fields in audit if kind == "control-rejected"] == [1, 2, 3, 6]
+    assert sessions.requests == []
