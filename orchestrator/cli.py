@@ -726,19 +726,28 @@ def logs(
         import threading
 
         from .logs import agent_sources, show
+        from .terminal_filter import TerminalFilter, reset_sequence
 
         runtime = _runtime()
         sources = agent_sources(runtime, runs_dir, run_id, agent)
         lock = threading.Lock()
         output = sys.stdout.buffer
         prefix = len(sources) > 1
+        # A terminal gets each agent's output through a filter of its own, as `attach` does; a pipe gets every byte.
+        filters = {source.agent: TerminalFilter() for source in sources} if output.isatty() else {}
 
         def write(name: str, line: bytes) -> None:
             with lock:
-                output.write((name.encode() + b" | " if prefix else b"") + line)
+                text = filters[name].feed(line) if filters else line
+                output.write((name.encode() + b" | " if prefix else b"") + text)
                 output.flush()
 
-        show(runtime, sources, write, follow=follow)
+        try:
+            show(runtime, sources, write, follow=follow)
+        finally:
+            if filters:
+                output.write(reset_sequence(filters.values()))
+                output.flush()
         return 0
 
     _guarded(body)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from .control_protocol import (
 from .errors import EnvironmentProblem, InputError, OrchestrateError
 from .plan import RUN_ID_PATTERN
 from .terminal import DetachDetector, window_size
+from .terminal_filter import TerminalFilter
 
 # How often the relay checks the window size when no SIGWINCH wakes it (in a thread, which gets no signals).
 SIZE_POLL_SECONDS = 0.25
@@ -75,7 +77,31 @@ def run_socket(runs_dir: Path, run_id: str) -> Path:
     if not path.exists():
         raise EnvironmentProblem(f"run {run_id} is not active: {path} does not exist; only a running `orchestrate run` "
                                  "or `orchestrate shell` accepts exec and attach (check `orchestrate status`)")
+    problem = socket_owner_problem(path)
+    if problem is not None:
+        raise EnvironmentProblem(f"rejected the control socket {path}: {problem}; a run's control folder is a private "
+                                 "folder of the user who started it, so this one was not made by orchestrate")
     return path
+
+
+def socket_owner_problem(path: Path) -> str | None:
+    """Return why the socket at `path` may be another user's stand-in for a run's, or None when it looks right.
+
+    The owner of the folder can replace the socket and read what `exec` and `attach` send, typed input included.
+    """
+    folder = path.parent.lstat()
+    socket_stat = path.lstat()
+    if stat.S_ISLNK(folder.st_mode) or not stat.S_ISDIR(folder.st_mode):
+        return f"{path.parent} is not a folder"
+    if not stat.S_ISSOCK(socket_stat.st_mode):
+        return "it is not a socket"
+    if folder.st_mode & 0o077:
+        return f"{path.parent} has mode {stat.S_IMODE(folder.st_mode):o}, not 700"
+    if socket_stat.st_uid != folder.st_uid:
+        return f"it belongs to uid {socket_stat.st_uid}, its folder to uid {folder.st_uid}"
+    if folder.st_uid not in (os.getuid(), 0) and os.getuid() != 0:
+        return f"it belongs to uid {folder.st_uid}, not to you (uid {os.getuid()}) or root"
+    return None
 
 
 def connect(path: Path) -> socket.socket:
@@ -116,7 +142,10 @@ def open_session(connection: socket.socket, request: Request) -> Opened:
         pass  # A run that rejects the peer replies at once and closes, and its reply is still there to read.
     buffer = FrameBuffer()
     while True:
-        data = connection.recv(65536)
+        try:
+            data = connection.recv(65536)
+        except ConnectionResetError:
+            data = b""
         if not data:
             raise SessionError("the run process closed the connection before its reply; the run may have ended")
         frames = buffer.feed(data)
@@ -151,8 +180,29 @@ class Relay:
         self._resize_fd = resize_fd
         self._stop = stop or threading.Event()
         self._size = None if terminal_fd is None else window_size(terminal_fd)
+        # Only a terminal gets filtered output: a pipe or file gets the program's exact bytes.
+        self._output_filter = TerminalFilter() if output.isatty() else None
+        self._errors_filter = TerminalFilter() if errors.isatty() else None
 
     def run(self, opened: Opened) -> RelayEnd:
+        """Relay until the program ends, the user detaches or the run ends; then turn off the modes it left on."""
+        try:
+            return self._relay(opened)
+        finally:
+            self._reset_terminal()
+
+    def _reset_terminal(self) -> None:
+        # One reset is enough when standard output and standard error are the same terminal.
+        for stream, terminal_filter in ((self._output, self._output_filter), (self._errors, self._errors_filter)):
+            if terminal_filter is not None:
+                try:
+                    stream.write(terminal_filter.reset_sequence())
+                    stream.flush()
+                except OSError:
+                    pass  # The terminal has gone, and its modes with it.
+                return
+
+    def _relay(self, opened: Opened) -> RelayEnd:
         buffer = opened.buffer
         end = self._handle_frames(opened.pending)
         if end is not None:
@@ -187,10 +237,10 @@ class Relay:
     def _handle_frames(self, frames: list[tuple[bytes, bytes]]) -> RelayEnd | None:
         for kind, payload in frames:
             if kind == STDOUT:
-                self._output.write(payload)
+                self._output.write(payload if self._output_filter is None else self._output_filter.feed(payload))
                 self._output.flush()
             elif kind == STDERR:
-                self._errors.write(payload)
+                self._errors.write(payload if self._errors_filter is None else self._errors_filter.feed(payload))
                 self._errors.flush()
             elif kind == EXIT:
                 code = decode_json(kind, payload).get("exit_code")

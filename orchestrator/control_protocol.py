@@ -75,6 +75,8 @@ def decode_json(kind: bytes, payload: bytes) -> dict[str, Any]:
         document = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"the {kind!r} frame does not contain JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ProtocolError(f"the {kind!r} frame's JSON is nested too deeply") from exc
     if not isinstance(document, dict):
         raise ProtocolError(f"the {kind!r} frame's JSON is a {type(document).__name__}, not an object")
     return document

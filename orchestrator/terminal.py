@@ -33,8 +33,9 @@ def window_size(fd: int) -> tuple[int, int] | None:
 def raw_mode(fd: int) -> Iterator[None]:
     """Put a terminal in raw mode, so Ctrl-C and every other key reach the program as bytes; always restore it.
 
-    SIGTERM and SIGHUP are turned into SystemExit meanwhile (in the main thread only), so the restore runs on
-    those exits too. Nothing restores a terminal after SIGKILL; `stty sane` or `reset` does it then.
+    SIGTERM, SIGHUP and SIGQUIT are turned into SystemExit meanwhile (in the main thread only), so the restore
+    runs on those exits too. In raw mode Ctrl-\\ is a byte for the program, so a SIGQUIT comes only from `kill`.
+    Nothing restores a terminal after SIGKILL; `stty sane` or `reset` does it then.
     """
     saved = termios.tcgetattr(fd)
     previous = _exit_on_signals()
@@ -57,7 +58,7 @@ def _exit_on_signals() -> Handlers:
         raise SystemExit(128 + number)
 
     previous: Handlers = {}
-    for number in (signal.SIGTERM, signal.SIGHUP):
+    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         handler = signal.getsignal(number)
         # Only default handlers are replaced: a running orchestrate run has its own, which stop the agents.
         if handler is signal.SIG_DFL:

@@ -427,3 +427,88 @@ def test_outside_attach_is_tampering(project: Project) -> None:
     assert run.returncode == 3
     tampering = [record for record in audit_records(project, run_id) if record.get("violation") == "tampering"]
     assert [record["subject"] for record in tampering] == ["attach"]
+
+
+def test_container_peer_rejected(project: Project) -> None:
+    """A process inside a container that reaches the socket is rejected, even with an accepted uid.
+
+    An agent of a run started by an ordinary user has that user's uid, and another run's socket can appear in a
+    folder the agent sees. Here a root container stands in for it, since uid 0 passes the uid check too.
+    """
+    manifest = project.manifest([{"name": "worker", "command": ["sleep", "60"]}])
+    run = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    try:
+        container = project.wait_for_running(1)[0]
+        run_id = container.labels["orchestrate.run"]
+        socket_file = socket_path(project.runs / run_id)
+        deadline = time.monotonic() + 30
+        while not socket_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        client_script = (
+            "import json, socket, struct\n"
+            "request = json.dumps({'version': 1, 'action': 'exec', 'agent': 'worker', 'command': ['id']}).encode()\n"
+            "connection = socket.socket(socket.AF_UNIX)\n"
+            "connection.connect('/control/orchestrate.sock')\n"
+            "connection.sendall(struct.pack('>cI', b'H', len(request)) + request)\n"
+            "print(connection.recv(65536)[5:].decode())\n"
+        )
+        output = project.client.containers.run(
+            "orchestrate/base:latest", ["python3", "-c", client_script], user="0", remove=True,
+            labels={"orchestrate.test": project.name}, network_mode="none",
+            volumes={str(socket_file.parent): {"bind": "/control", "mode": "ro"}},
+        ).decode()
+        assert "another PID namespace" in output
+        assert run.poll() is None
+    finally:
+        run.terminate()
+        run.communicate(timeout=60)
+
+    records = audit_records(project, run_id)
+    assert [record["kind"] for record in records].count("control-rejected") == 1
+    assert not [record for record in records if record["kind"] == "user-exec"]
+
+
+def test_shell_output_filtered_for_terminal(project: Project, shell_runs: list[str]) -> None:
+    # The clipboard write and the DCS passthrough are split by `sleep`, so they reach the relay in separate reads.
+    script = (r"printf 'start\033]52;c;ZXZpbAo='; sleep 0.3; printf '\007mid\033Ptmux;\033\033]52;c;eA==\007'; "
+              r"sleep 0.3; printf '\033\\\033[?1000h\033]0;title\007end\n'")
+    child = spawn(project, "shell", "--source", "src", "--runs-dir", "runs", "--", "sh", "-c", script)
+    shell_runs.append(run_id_from(child))
+    child.expect(pexpect.EOF)
+    child.close()
+    output = child.before
+    assert child.exitstatus == 0
+    assert "startmid" in output
+    assert "\x1b[?1000h\x1b]0;title\x1b\\end" in output
+    assert "]52" not in output
+    assert "\x1bP" not in output
+    # The mouse mode the program switched on is switched off after it.
+    assert output.index("\x1b[?1000l") > output.index("end")
+
+
+def test_stalled_exec_client_does_not_delay_stop(project: Project) -> None:
+    manifest = project.manifest([{"name": "worker", "command": ["sleep", "60"]}])
+    run = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json")
+    try:
+        container = project.wait_for_running(1)[0]
+        run_id = container.labels["orchestrate.run"]
+        socket_file = socket_path(project.runs / run_id)
+        deadline = time.monotonic() + 30
+        while not socket_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with connect(socket_file) as stalled:
+            # The client asks for endless output and never reads it.
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.sendall(encode(HELLO, b'{"version": 1, "action": "exec", "agent": "worker", "command": ["yes"]}'))
+            time.sleep(2)
+            stopping = time.monotonic()
+            run.terminate()
+            run.communicate(timeout=60)
+            stop_seconds = time.monotonic() - stopping
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate(timeout=60)
+    # A stop takes about 2 s on the test machine; a relay stuck on the client made it about 13 s.
+    assert stop_seconds < 6

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -102,3 +105,93 @@ def test_unusable_control_folder_is_environment_problem(tmp_path: Path) -> None:
 
     with pytest.raises(EnvironmentProblem, match="cannot create the run's control socket"):
         anyio.run(server.open)
+
+
+def test_connections_over_limit_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.control.MAX_CONNECTIONS", 2)
+    replies: list[list[tuple[bytes, dict[str, Any]]]] = []
+    valid = Request("exec", "worker", ("true",), False, None, None)
+
+    def flood(path: Path) -> None:
+        idle = []
+        for _ in range(2):
+            connection = socket.socket(socket.AF_UNIX)
+            connection.connect(str(path))
+            idle.append(connection)
+        time.sleep(0.2)
+        replies.append(exchange(path, encode_json(HELLO, valid.to_json())))
+        for connection in idle:
+            connection.close()
+        time.sleep(0.2)
+        replies.append(exchange(path, encode_json(HELLO, valid.to_json())))
+
+    serve_and(tmp_path, flood, [])
+    assert replies[0][0][0] == ERROR
+    assert "at most 2 control connections" in replies[0][0][1]["error"]
+    assert replies[1] == [(EXIT, {"exit_code": 0})]
+
+
+def test_descriptor_exhaustion_keeps_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.control.ACCEPT_RETRY_SECONDS", 0.05)
+    replies: list[list[tuple[bytes, dict[str, Any]]]] = []
+    valid = Request("exec", "worker", ("true",), False, None, None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def exhaust(path: Path) -> None:
+        held: list[socket.socket] = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+        try:
+            while True:
+                try:
+                    connection = socket.socket(socket.AF_UNIX)
+                except OSError:
+                    break
+                held.append(connection)
+                connection.connect(str(path))
+            # One descriptor freed for one more client leaves none for the server's accept.
+            held.pop().close()
+            last = socket.socket(socket.AF_UNIX)
+            held.append(last)
+            last.connect(str(path))
+            time.sleep(0.3)
+        finally:
+            for connection in held:
+                connection.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        time.sleep(0.3)
+        replies.append(exchange(path, encode_json(HELLO, valid.to_json())))
+
+    serve_and(tmp_path, exhaust, [])
+    assert replies == [[(EXIT, {"exit_code": 0})]]
+
+
+def test_planted_control_link_rejected(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "control").symlink_to(elsewhere)
+    server = ControlServer(run_dir, cast(SessionHost, RecordingSessions()), audit=lambda kind, **fields: None)
+
+    with pytest.raises(EnvironmentProblem, match="already exists"):
+        anyio.run(server.open)
+    assert list(elsewhere.iterdir()) == []
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755
+
+
+def test_repeated_rejections_sampled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.control.foreign_namespace_reason", lambda pid, uid: "a test peer")
+    monkeypatch.setattr("orchestrator.control.REJECTIONS_IN_FULL", 2)
+    monkeypatch.setattr("orchestrator.control.REJECTION_SAMPLE", 3)
+    audit: list[tuple[str, dict[str, Any]]] = []
+    replies: list[list[tuple[bytes, dict[str, Any]]]] = []
+    valid = Request("exec", "worker", ("true",), False, None, None)
+
+    def reconnect(path: Path) -> None:
+        for _ in range(7):
+            replies.append(exchange(path, encode_json(HELLO, valid.to_json())))
+
+    sessions = serve_and(tmp_path, reconnect, audit)
+    assert all(reply[0][0] == ERROR and "a test peer" in reply[0][1]["error"] for reply in replies)
+    assert [fields["rejections"] for kind, fields in audit if kind == "control-rejected"] == [1, 2, 3, 6]
+    assert sessions.requests == []

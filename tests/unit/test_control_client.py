@@ -7,10 +7,11 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from orchestrator.control_client import Opened, Relay, SessionError
+from orchestrator.control_client import Opened, Relay, SessionError, run_socket
 from orchestrator.control_protocol import (
     CLOSE_INPUT,
     ERROR,
@@ -22,6 +23,7 @@ from orchestrator.control_protocol import (
     encode,
     encode_json,
 )
+from orchestrator.errors import EnvironmentProblem
 
 
 @pytest.fixture
@@ -106,3 +108,44 @@ def test_detach_keys_end_relay_unsent(pair: tuple[socket.socket, socket.socket])
     assert end.detached
     client.shutdown(socket.SHUT_WR)
     assert received_frames(server) == [(INPUT, b"ls\r")]
+
+
+def bind_short(listener: socket.socket, path: Path) -> None:
+    """Bind to `path` through its folder's descriptor, since a pytest folder is longer than sun_path allows."""
+    folder = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        listener.bind(f"/proc/self/fd/{folder}/{path.name}")
+    finally:
+        os.close(folder)
+
+
+def test_run_socket_checks_owner_and_modes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "r-20261205-000000-abcdef"
+    folder = run_dir / "control"
+    folder.mkdir(parents=True, mode=0o700)
+    with socket.socket(socket.AF_UNIX) as listener:
+        bind_short(listener, folder / "orchestrate.sock")
+        assert run_socket(tmp_path, run_dir.name) == folder / "orchestrate.sock"
+
+        folder.chmod(0o777)
+        with pytest.raises(EnvironmentProblem, match="has mode 777, not 700"):
+            run_socket(tmp_path, run_dir.name)
+        folder.chmod(0o700)
+
+        if os.getuid() == 0:
+            os.chown(folder, 65534, 65534)
+            with pytest.raises(EnvironmentProblem, match="belongs to uid 0, its folder to uid 65534"):
+                run_socket(tmp_path, run_dir.name)
+            os.chown(folder, 0, 0)
+
+
+def test_run_socket_rejects_linked_folder(tmp_path: Path) -> None:
+    run_dir = tmp_path / "r-20261205-000000-abcdef"
+    run_dir.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (run_dir / "control").symlink_to(elsewhere)
+    with socket.socket(socket.AF_UNIX) as listener:
+        bind_short(listener, elsewhere / "orchestrate.sock")
+        with pytest.raises(EnvironmentProblem, match="is not a folder"):
+            run_socket(tmp_path, run_dir.name)

@@ -103,3 +103,8 @@ def test_broken_detach_sequence_passes_keys_on() -> None:
 
 def test_ctrl_c_is_forwarded_as_a_byte() -> None:
     assert DetachDetector().feed(b"\x03") == (b"\x03", False)
+
+
+def test_deeply_nested_json_is_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        decode_json(HELLO, b"[" * 32_000 + b"]" * 32_000)
