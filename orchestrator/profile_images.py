@@ -49,8 +49,10 @@ BASE_PYTHON = "3.11"
 FETCH_TIMEOUT = 900
 # Debian packages every profile image gets; their dependencies that the base lacks come with them.
 AGENT_DEBS = ("git",)
-# The script that installs the .deb files in a build stage; copied next to them into every context.
+# The script that installs the .deb files in a build stage, and git's system settings (/etc/gitconfig);
+# both are copied next to the .deb files into every context.
 STAGE_SCRIPT = IMAGES_DIR / "shared" / "stage-debs.sh"
+GIT_CONFIG = IMAGES_DIR / "shared" / "gitconfig"
 
 
 @dataclass(frozen=True)
@@ -144,14 +146,16 @@ def prepare_context(image: ProfileImage, scratch: Path, *, cache: Path, debs: Se
             _extract_member(tarball, program.member, packages / program.target)
         else:
             _pip_install(program, cache, packages / "site")
-    _add_debs(debs, packages / "debs")
+    add_debs(debs, packages / "debs")
     return context
 
 
-def _add_debs(debs: Sequence[Path], folder: Path) -> None:
+def add_debs(debs: Sequence[Path], folder: Path) -> None:
+    """Make `folder` hold the .deb files `debs`, the script that installs them and git's settings."""
     # The Dockerfiles COPY packages/debs, so the folder exists even with nothing to install.
     folder.mkdir()
     shutil.copy2(STAGE_SCRIPT, folder / STAGE_SCRIPT.name)
+    shutil.copy2(GIT_CONFIG, folder / GIT_CONFIG.name)
     for deb in debs:
         shutil.copy2(deb, folder / deb.name)
 

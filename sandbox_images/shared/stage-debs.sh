@@ -19,7 +19,7 @@ dpkg --install "$here"/*.deb
 # as the base image's own programs did.
 find / -xdev -type f -perm /6000 -exec chmod ug-s {} +
 
-# Left out: dpkg's log and its *-old backups, caches, and the build's own temporary files.
+# Left out: dpkg's log, files named *-old (dpkg's backups), caches and the build's own temporary files.
 find / -xdev -mindepth 1 \
     \( -path /tmp -o -path /proc -o -path /sys -o -path /dev -o -path /run -o -path "$staging" \
        -o -path /var/log -o -path /var/cache -o -name '*-old' \) -prune \

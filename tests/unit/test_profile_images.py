@@ -67,7 +67,9 @@ def test_context_holds_debs_and_stage_script(tmp_path: Path) -> None:
     context = prepare_context(image, tmp_path / "scratch", cache=tmp_path / "cache", debs=[deb])
 
     folder = context / "packages" / "debs"
-    assert sorted(path.name for path in folder.iterdir()) == ["git_1%3a2.39.5-0+deb12u3_amd64.deb", "stage-debs.sh"]
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "git_1%3a2.39.5-0+deb12u3_amd64.deb", "gitconfig", "stage-debs.sh",
+    ]
     assert (folder / deb.name).read_bytes() == b"!<arch>\n"
 
 
@@ -80,5 +82,6 @@ def test_profile_installs_git_in_stage(profile: str) -> None:
     assert "RUN sh /tmp/debs/stage-debs.sh /staging" in dockerfile
     # Only the staged files reach the image's last stage, never the .deb files themselves.
     assert "COPY --from=debs /staging/ /" in dockerfile
-    assert dockerfile.count("COPY packages/debs") == 1
+    assert dockerfile.count("COPY packages/debs ") == 1
+    assert "COPY packages/debs/gitconfig /staging/etc/gitconfig" in dockerfile
     assert "git --version" in dockerfile
