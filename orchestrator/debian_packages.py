@@ -1,9 +1,9 @@
 """Fetch Debian packages on the host for an image build whose RUN steps have no network.
 
 The host's apt resolves what a package needs against the base image's own dpkg status file
-(`apt-get --simulate -o Dir::State::status=...`), so the result is exactly what the base lacks,
-at the versions the host's bookworm package lists hold, and `apt-get download` fetches those
-.deb files, checked against the signed lists, into the cache folder. Versions are not pinned:
+(`apt-get --simulate -o Dir::State::status=...`). The result is exactly what the base lacks, at the
+versions in the host's bookworm package lists. `apt-get download` then fetches those .deb files into
+the cache folder and checks them against the signed lists. Versions are not pinned:
 Debian's mirrors keep only the newest bookworm version of a package, so a pin would stop
 resolving after the next security update. The versions installed are recorded in the image's
 dpkg database (`dpkg-query -W git`) and logged at each build.
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 APT_TIMEOUT = 600
 # The label of the container, created and never started, that the base image's files are read from.
 READ_LABEL = "orchestrate.images"
-# What `apt-get --simulate` prints for each package it would unpack:
-# "Inst NAME [OLD VERSION] (VERSION RELEASE, ... [ARCH])"; the old version only for an upgrade.
+# The line `apt-get --simulate` prints for each package it would unpack:
+# "Inst NAME [OLD VERSION] (VERSION RELEASE, ... [ARCH])". The old version appears only for an upgrade.
 INST_LINE = re.compile(r"^Inst (?P<name>\S+) (?:\[(?P<old>[^\]]+)\] )?\((?P<version>\S+) .*\[(?P<arch>[^\]]+)\]\)")
 
 
@@ -64,16 +64,16 @@ def parse_simulated_installs(output: str) -> list[DebPackage]:
     return packages
 
 
-def resolve(wanted: Sequence[str], *, base_status: Path) -> list[DebPackage]:
-    """Return `wanted` and every package it depends on that the dpkg status file `base_status` lacks.
+def resolve(names: Sequence[str], *, base_status: Path) -> list[DebPackage]:
+    """Return the packages `names` and every package they depend on that the status file `base_status` lacks.
 
     Recommended packages are left out, as an image install with --no-install-recommends would.
     """
     output = _apt([
         "apt-get", "--simulate", "--no-install-recommends", "--quiet",
         "-o", f"Dir::State::status={base_status}", "-o", "Debug::NoLocking=true",
-        "install", *wanted,
-    ], f"resolve {' '.join(wanted)} against the base image's packages", cwd=None)
+        "install", *names,
+    ], f"resolve {' '.join(names)} against the base image's packages", cwd=None)
     return parse_simulated_installs(output)
 
 
@@ -93,15 +93,15 @@ def download(packages: Sequence[DebPackage], cache: Path) -> list[Path]:
     return files
 
 
-def fetch(wanted: Sequence[str], *, base_status: Path, cache: Path) -> list[Path]:
-    """Resolve `wanted` against the base's dpkg status file and fetch the .deb files it lacks."""
-    packages = resolve(wanted, base_status=base_status)
+def fetch(names: Sequence[str], *, base_status: Path, cache: Path) -> list[Path]:
+    """Resolve the packages `names` against the base's dpkg status file and fetch the .deb files it lacks."""
+    packages = resolve(names, base_status=base_status)
     log.info("Debian packages for the image: %s", ", ".join(package.spec for package in packages) or "none")
     return download(packages, cache)
 
 
 def check_same_release(*, host: str, base: str) -> None:
-    """Refuse a host whose package lists belong to another Debian release than the base image's."""
+    """Raise EnvironmentProblem when the host's Debian release differs from the base image's."""
     if host != base:
         raise EnvironmentProblem(f"the host runs Debian '{host or 'unknown'}' but the base image is Debian '{base}'; "
                                  f"build the profile images on a Debian {base} host, whose apt lists match the image")
@@ -141,8 +141,8 @@ def _read_file(container: Container, path: str) -> bytes:
     try:
         stream, _stat = container.get_archive(path)
     except docker.errors.DockerException as exc:
-        raise EnvironmentProblem(f"{path} could not be read from the base image: {exc}; the base image is not "
-                                 "a Debian image, so rebuild it with `orchestrate images build`") from exc
+        raise EnvironmentProblem(f"reading {path} from the base image failed: {exc}; profile images need a Debian "
+                                 "base, so rebuild it with `orchestrate images build`") from exc
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
         member = archive.next()
         source = archive.extractfile(member) if member is not None else None
@@ -151,17 +151,18 @@ def _read_file(container: Container, path: str) -> bytes:
         return source.read()
 
 
-def _apt(command: list[str], what: str, *, cwd: Path | None) -> str:
-    log.info("%s: %s", what, " ".join(command))
+def _apt(command: list[str], action: str, *, cwd: Path | None) -> str:
+    log.info("%s: %s", action, " ".join(command))
     try:
         completed = subprocess.run(command, capture_output=True, text=True, check=False, timeout=APT_TIMEOUT, cwd=cwd)
     except FileNotFoundError as exc:
-        raise EnvironmentProblem(f"{what} needs apt-get, which is not installed; the profile images install "
+        raise EnvironmentProblem(f"{action} needs apt-get, which is not installed; the profile images install "
                                  "git from Debian bookworm packages, so build them on a Debian bookworm host") from exc
     except subprocess.TimeoutExpired as exc:
-        raise EnvironmentProblem(f"{what} timed out after {APT_TIMEOUT} s; check the Debian mirror connection") from exc
+        raise EnvironmentProblem(f"{action} timed out after {APT_TIMEOUT} s; check the Debian mirror "
+                                 "connection") from exc
     if completed.returncode != 0:
         tail = "\n".join(completed.stderr.strip().splitlines()[-5:])
-        raise EnvironmentProblem(f"{what} failed with exit code {completed.returncode}:\n{tail}\n"
+        raise EnvironmentProblem(f"{action} failed with exit code {completed.returncode}:\n{tail}\n"
                                  "run `apt-get update` and check that the host's package lists are Debian bookworm's")
     return completed.stdout
