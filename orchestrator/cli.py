@@ -610,7 +610,7 @@ def images_build(
     """Build the sandbox images. Without --pull, a missing base image is bootstrapped offline.
 
     Profile images are built only when asked for: their packages are fetched on this machine with
-    npm or pip first, so their RUN steps need no network.
+    npm, pip or apt-get first, so their RUN steps need no network.
     """
 
     def body() -> int:

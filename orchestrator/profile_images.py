@@ -5,10 +5,13 @@ version. RUN steps of an offline build have no network, so the host fetches the
 packages first with their ordinary clients. `npm pack` fetches the npm CLIs,
 whose platform packages contain a self-contained native program that needs no
 Node.js. `pip download` and `pip install --target` fetch and install aider, a
-Python program, for the base image's Python 3.11. The fetched
-files go into a copy of `sandbox_images/<profile>/` under `packages/`, and the
-Dockerfile only COPYs them. Downloads are kept in the cache folder, so a
-rebuild fetches nothing.
+Python program, for the base image's Python 3.11. Every profile image also gets
+git, which the base lacks and coding agents use on their source copy: the host's
+apt fetches it and the libraries it needs as .deb files (see debian_packages.py).
+The fetched files go into a copy of `sandbox_images/<profile>/` under
+`packages/`, and the Dockerfile only COPYs them (the .deb files into a build
+stage that installs them; see sandbox_images/shared/stage-debs.sh). Downloads
+are kept in the cache folder, so a rebuild fetches nothing from npm or PyPI.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import docker.errors
 
+from . import debian_packages
 from .errors import EnvironmentProblem, InputError
 from .images import IMAGES_DIR, ImageRecipe, base_image_of, build_recipe
 
@@ -42,6 +47,12 @@ PIP_PLATFORMS = {
 # The Python of orchestrate/base (Debian bookworm's python3).
 BASE_PYTHON = "3.11"
 FETCH_TIMEOUT = 900
+# Debian packages every profile image gets; their dependencies that the base lacks come with them.
+AGENT_DEBS = ("git",)
+# The script that installs the .deb files in a build stage, and git's system settings (/etc/gitconfig);
+# both are copied next to the .deb files into every context.
+STAGE_SCRIPT = IMAGES_DIR / "shared" / "stage-debs.sh"
+GIT_CONFIG = IMAGES_DIR / "shared" / "gitconfig"
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class ProfileImage:
     profile: str
     tag: str
     programs: tuple[NpmProgram | PypiProgram, ...]
+    debs: tuple[str, ...] = AGENT_DEBS
 
     @property
     def recipe(self) -> ImageRecipe:
@@ -116,8 +128,11 @@ def cache_dir() -> Path:
     return Path(base) / "orchestrate" / "packages"
 
 
-def prepare_context(image: ProfileImage, scratch: Path, *, cache: Path) -> Path:
-    """Copy the profile's Dockerfile folder to `scratch` and add the fetched programs under packages/."""
+def prepare_context(image: ProfileImage, scratch: Path, *, cache: Path, debs: Sequence[Path] = ()) -> Path:
+    """Copy the profile's Dockerfile folder to `scratch` and add the fetched programs under packages/.
+
+    `debs` are .deb files already fetched; they go to packages/debs/ with the script that installs them.
+    """
     source = image.recipe.context
     if not (source / "Dockerfile").is_file():
         raise EnvironmentProblem(f"{source / 'Dockerfile'} is missing; run orchestrate from a checkout of the project")
@@ -131,7 +146,18 @@ def prepare_context(image: ProfileImage, scratch: Path, *, cache: Path) -> Path:
             _extract_member(tarball, program.member, packages / program.target)
         else:
             _pip_install(program, cache, packages / "site")
+    add_debs(debs, packages / "debs")
     return context
+
+
+def add_debs(debs: Sequence[Path], folder: Path) -> None:
+    """Make `folder` hold the .deb files `debs`, the script that installs them and git's settings."""
+    # The Dockerfiles COPY packages/debs, so the folder exists even with nothing to install.
+    folder.mkdir()
+    shutil.copy2(STAGE_SCRIPT, folder / STAGE_SCRIPT.name)
+    shutil.copy2(GIT_CONFIG, folder / GIT_CONFIG.name)
+    for deb in debs:
+        shutil.copy2(deb, folder / deb.name)
 
 
 def _run(command: list[str], what: str) -> str:
@@ -198,11 +224,15 @@ def _pip() -> list[str]:
     return [sys.executable, "-m", "pip"]
 
 
-def with_context(image: ProfileImage) -> tuple[tempfile.TemporaryDirectory[str], Path]:
-    """Return a scratch folder (delete it with cleanup()) holding the finished build context."""
+def with_context(image: ProfileImage, *, base_status: Path) -> tuple[tempfile.TemporaryDirectory[str], Path]:
+    """Return a scratch folder (delete it with cleanup()) holding the finished build context.
+
+    `base_status` is the base image's dpkg status file, which the Debian packages are resolved against.
+    """
     scratch = tempfile.TemporaryDirectory(prefix=f"orchestrate-{image.profile}-")
     try:
-        context = prepare_context(image, Path(scratch.name), cache=cache_dir())
+        debs = debian_packages.fetch(image.debs, base_status=base_status, cache=cache_dir() / "deb")
+        context = prepare_context(image, Path(scratch.name), cache=cache_dir(), debs=debs)
     except BaseException:
         scratch.cleanup()
         raise
@@ -230,13 +260,26 @@ def build_profile_images(
                                      "`orchestrate images build`") from None
 
     built = []
-    for image in images:
-        started = time.monotonic()
-        scratch, context = with_context(image)
-        try:
-            build_recipe(client, image.recipe, network_off=True, no_cache=no_cache, context=context)
-        finally:
-            scratch.cleanup()
-        size = int(client.api.inspect_image(image.tag)["Size"])  # type: ignore[no-untyped-call]
-        built.append(BuiltImage(image.tag, time.monotonic() - started, size))
+    with tempfile.TemporaryDirectory(prefix="orchestrate-base-packages-") as folder:
+        statuses: dict[str, Path] = {}
+        for image in images:
+            started = time.monotonic()
+            base = base_image_of(image.recipe)
+            if base not in statuses:
+                statuses[base] = _base_status(client, base, Path(folder) / str(len(statuses)))
+            scratch, context = with_context(image, base_status=statuses[base])
+            try:
+                build_recipe(client, image.recipe, network_off=True, no_cache=no_cache, context=context)
+            finally:
+                scratch.cleanup()
+            size = int(client.api.inspect_image(image.tag)["Size"])  # type: ignore[no-untyped-call]
+            built.append(BuiltImage(image.tag, time.monotonic() - started, size))
     return built
+
+
+def _base_status(client: docker.DockerClient, base: str, folder: Path) -> Path:
+    """Read the dpkg status file of `base`, after checking that the host's apt lists are of its release."""
+    folder.mkdir()
+    release, status = debian_packages.read_base_packages(client, base, folder)
+    debian_packages.check_same_release(host=debian_packages.host_release(), base=release)
+    return status
