@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..claims import Claim
+from ..copy_tree import is_git_name
 from ..layout import STATE_FOLDER
 from ..symlinks import ReadLink, link_escapes, reader_under
 from .fsops import TEMPORARY_PREFIX, UnsafePath, open_child_directory, open_directory, read_regular_file, write_new_file
@@ -304,6 +305,11 @@ def name_problem(name: str, *, top_level: bool) -> str | None:
         return f"{STATE_FOLDER} is reserved for orchestrate's own records"
     if name.startswith(TEMPORARY_PREFIX):
         return f"names starting with {TEMPORARY_PREFIX} are reserved for orchestrate's temporary files"
+    if is_git_name(name):
+        # Published, it would turn part of the output tree into a repository whose hooks, fsmonitor and
+        # filters (all agent-written) run on the host when git or a shell prompt runs there.
+        return ("a .git folder or file is never published, since git on the host would run its hooks; "
+                "publish a repository as a bundle (git bundle create) or an archive")
     return None
 
 

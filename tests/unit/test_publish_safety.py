@@ -337,6 +337,26 @@ def test_temporary_prefix_name_invalid(tmp_path: Path) -> None:
     assert report.published == []
 
 
+def test_git_folder_never_published(tmp_path: Path) -> None:
+    # A published .git would make part of the output tree a repository whose agent-written hooks and
+    # core.fsmonitor run on the host as soon as git, or a shell prompt calling git, runs there.
+    request = make_request(tmp_path, "writer")
+    write_files(request.workspace, {
+        "repo/.git/config": "[core]\n\tfsmonitor = touch /tmp/owned\n",
+        "repo/.git/HEAD": "ref: refs/heads/main\n",
+        "other/.git": "gitdir: ../repo/.git\n",
+        "cased/.GIT/config": "[core]\n",
+        "repo/main.py": "print()\n",
+    })
+
+    report = publish_agent(request)
+
+    assert finding_kinds(report) == {"repo/.git": INVALID_NAME, "other/.git": INVALID_NAME,
+                                     "cased/.GIT": INVALID_NAME}
+    assert published_paths(report) == ["repo/main.py"]
+    assert tree_files(request.output) == {"repo/main.py": b"print()\n"}
+
+
 def test_unreadable_folder_consistent(tmp_path: Path) -> None:
     request = make_request(tmp_path, "writer")
     write_files(request.workspace, {"hidden/data.txt": "data\n", "open.txt": "open\n"})
