@@ -306,10 +306,10 @@ def name_problem(name: str, *, top_level: bool) -> str | None:
     if name.startswith(TEMPORARY_PREFIX):
         return f"names starting with {TEMPORARY_PREFIX} are reserved for orchestrate's temporary files"
     if is_git_name(name):
-        # Published, it would turn part of the output tree into a repository whose hooks, fsmonitor and
-        # filters (all agent-written) run on the host when git or a shell prompt runs there.
-        return ("a .git folder or file is never published, since git on the host would run its hooks; "
-                "publish a repository as a bundle (git bundle create) or an archive")
+        # A published .git makes a repository whose agent-written hooks and fsmonitor run on the host
+        # as soon as git, or a shell prompt that calls git, runs in the output tree.
+        return ("invalid name .git: git on the host would run this repository's hooks. "
+                "Write the repository as a bundle (git bundle create) or an archive instead")
     return None
 
 
