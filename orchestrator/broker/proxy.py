@@ -190,10 +190,15 @@ class Broker:
     def _exchange(self, agent: str, head: RequestHead) -> Exchange:
         if head.method == "CONNECT":
             host, _, port = head.target.rpartition(":")
+            # str.isdigit also accepts digits such as "\xb2" that int() rejects. Port 0 is rejected in _tunnel.
             return Exchange(agent, "connect", head.method, host.strip("[]").lower(),
-                            int(port) if port.isdigit() else 0, "")
+                            int(port) if port.isascii() and port.isdigit() else 0, "")
         target = urlsplit(head.target)
-        return Exchange(agent, "api", head.method, (target.hostname or "").lower(), target.port or 0, target.path)
+        try:
+            target_port = target.port or 0
+        except ValueError:
+            target_port = 0  # Out of range: urlsplit raises, and the API route does not use the port.
+        return Exchange(agent, "api", head.method, (target.hostname or "").lower(), target_port, target.path)
 
     def _admit(self, state: AgentState) -> None:
         """Count the request against the agent's limits; raise LimitReached when one is used up."""
@@ -333,7 +338,8 @@ class Broker:
             return
         upstream_reader, upstream_writer = upstream
         try:
-            upstream_writer.write(self._upstream_head(head, route, rest))
+            # The head counts against the byte limit too, or 64 kB heads would pass uncounted.
+            await self._send(state, exchange, upstream_writer, self._upstream_head(head, route, rest), outbound=True)
             await self._forward_body(state, exchange, head, reader, upstream_writer)
             await self._forward_response(state, exchange, upstream_reader, writer)
         finally:
@@ -382,22 +388,38 @@ class Broker:
     async def _forward_chunks(self, state: AgentState, exchange: Exchange, reader: asyncio.StreamReader,
                               upstream: asyncio.StreamWriter) -> None:
         while True:
-            line = await asyncio.wait_for(reader.readuntil(b"\r\n"), IDLE_TIMEOUT)
+            line = await self._read_line(reader)
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadRequest("invalid chunk size") from None
+            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                raise BadRequest("invalid chunk size")
+            size = int(size_text, 16)
             await self._send(state, exchange, upstream, line, outbound=True)
             if size == 0:
                 # Trailers, then the blank line that ends the body.
                 while True:
-                    trailer = await asyncio.wait_for(reader.readuntil(b"\r\n"), IDLE_TIMEOUT)
+                    trailer = await self._read_line(reader)
                     await self._send(state, exchange, upstream, trailer, outbound=True)
                     if trailer == b"\r\n":
                         return
-            data = await asyncio.wait_for(reader.readexactly(size + 2), IDLE_TIMEOUT)
-            await self._send(state, exchange, upstream, data, outbound=True)
+            # The chunk is passed on as it arrives. Reading it whole would hold any announced size in the memory
+            # that every agent's connections share, and the byte limit would see it only at the end.
+            remaining = size
+            while remaining:
+                data = await asyncio.wait_for(reader.read(min(remaining, CHUNK_BYTES)), IDLE_TIMEOUT)
+                if not data:
+                    raise BadRequest("the request body ended inside a chunk")
+                remaining -= len(data)
+                await self._send(state, exchange, upstream, data, outbound=True)
+            if await asyncio.wait_for(reader.readexactly(2), IDLE_TIMEOUT) != b"\r\n":
+                raise BadRequest("a chunk does not end with CRLF")
+            await self._send(state, exchange, upstream, b"\r\n", outbound=True)
+
+    @staticmethod
+    async def _read_line(reader: asyncio.StreamReader) -> bytes:
+        try:
+            return await asyncio.wait_for(reader.readuntil(b"\r\n"), IDLE_TIMEOUT)
+        except asyncio.LimitOverrunError:
+            raise BadRequest(f"a chunk line is longer than {MAX_HEAD_BYTES} bytes") from None
 
     async def _forward_response(self, state: AgentState, exchange: Exchange, upstream: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
