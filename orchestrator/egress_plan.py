@@ -79,13 +79,8 @@ def plan_agent_egress(
     allow_private = tuple(dict.fromkeys([*defaults.egress.allow_private, *agent.egress.allow_private]))
     apis = _apis(loaded, index, profile, result.problems)
     secrets = tuple(_secret(loaded, index, api.secret, environment, result.problems) for api in apis)
-    for name in agent.env:
-        if name in {api.secret for api in apis}:
-            result.problems.append(loaded.problem(
-                ("agents", index, "env"),
-                f"{name} is the secret the egress broker adds for this agent; remove it from env, so the key "
-                "stays out of the sandbox",
-            ))
+    result.problems.extend(_secrets_in_env(loaded, index, secrets, environment))
+    result.problems.extend(_secret_files_in_source(loaded, index, secrets))
 
     broker = manifest.broker
     result.egress = AgentEgress(
@@ -106,6 +101,45 @@ def plan_agent_egress(
           "allowed for it" for entry in allow_private),
     ]
     return result
+
+
+def _secrets_in_env(
+    loaded: LoadedManifest, index: int, secrets: tuple[SecretPlan, ...], environment: dict[str, str]
+) -> list[Problem]:
+    """Reject host variables passed to the agent that carry a secret the broker adds for it.
+
+    The secret's own name is not enough: a secret read from another variable (`secrets: {KEY: {env: TEAM}}`)
+    would reach the sandbox through `env: [TEAM]`, and `defaults.env` applies to this agent as well.
+    """
+    manifest = loaded.manifest
+    agent = manifest.agents[index]
+    values = {environment[secret.env].strip() for secret in secrets if secret.env and environment.get(secret.env)}
+    carriers = {secret.name for secret in secrets} | {str(secret.env) for secret in secrets if secret.env}
+    problems = []
+    for name in dict.fromkeys([*manifest.defaults.env, *agent.env]):
+        if name in carriers or (environment.get(name) and environment.get(name, "").strip() in values):
+            field_path = ("agents", index, "env") if name in agent.env else ("defaults", "env")
+            problems.append(loaded.problem(
+                field_path,
+                f"the host variable {name} carries a secret that the egress broker adds for agent {agent.name}; "
+                "remove it from env, so the key stays out of the sandbox",
+            ))
+    return problems
+
+
+def _secret_files_in_source(loaded: LoadedManifest, index: int, secrets: tuple[SecretPlan, ...]) -> list[Problem]:
+    """Reject a secret file inside the source folder, which every agent can read at /workspace/src."""
+    source = Path(os.path.expanduser(loaded.manifest.source.path))
+    source = (source if source.is_absolute() else loaded.base_dir / source).resolve()
+    problems = []
+    for secret in secrets:
+        if secret.file is not None and secret.file.resolve().is_relative_to(source):
+            problems.append(loaded.problem(
+                ("agents", index, "secrets", secret.name),
+                f"the file {secret.file} for secret {secret.name} is inside the source folder {source}, which "
+                "agents can read; move it out of that folder",
+            ))
+    return problems
 
 
 def _unused_settings(loaded: LoadedManifest, index: int, agent: Agent) -> list[Problem]:

@@ -118,8 +118,45 @@ def test_secret_in_agent_env_rejected(
 ) -> None:
     data = manifest_data(source_dir, agents=[allowlist_agent(env=["ANTHROPIC_API_KEY"])])
 
-    with pytest.raises(PlanError, match="secret the egress broker adds"):
+    with pytest.raises(PlanError, match="secret that the egress broker adds"):
         plan_for(data, facts=with_key(make_facts))
+
+
+@pytest.mark.parametrize("fields", [
+    # The secret's source variable, not its name, is what carries the key into the container.
+    {"secrets": {"ANTHROPIC_API_KEY": {"env": "TEAM_KEY"}}, "env": ["TEAM_KEY"]},
+    # Another variable with the same value.
+    {"env": ["KEY_COPY"]},
+])
+def test_secret_source_in_agent_env_rejected(
+    plan_for: PlanFor, source_dir: Path, make_facts: Callable[..., HostFacts], fields: dict[str, Any]
+) -> None:
+    data = manifest_data(source_dir, agents=[allowlist_agent(**fields)])
+    facts = make_facts(environment={"ANTHROPIC_API_KEY": SECRET, "TEAM_KEY": SECRET, "KEY_COPY": SECRET})
+
+    with pytest.raises(PlanError, match="carries a secret that the egress broker adds") as caught:
+        plan_for(data, facts=facts)
+
+    assert caught.value.exit_code == 2
+    assert SECRET not in str(caught.value)
+
+
+def test_secret_in_defaults_env_rejected(
+    plan_for: PlanFor, source_dir: Path, make_facts: Callable[..., HostFacts]
+) -> None:
+    data = manifest_data(source_dir, defaults={"env": ["ANTHROPIC_API_KEY"]}, agents=[allowlist_agent()])
+
+    with pytest.raises(PlanError, match="defaults.env"):
+        plan_for(data, facts=with_key(make_facts))
+
+
+def test_secret_file_in_source_rejected(plan_for: PlanFor, source_dir: Path) -> None:
+    key = source_dir / "api-key.txt"
+    key.write_text(SECRET + "\n", encoding="utf-8")
+    data = manifest_data(source_dir, agents=[allowlist_agent(secrets={"ANTHROPIC_API_KEY": {"file": str(key)}})])
+
+    with pytest.raises(PlanError, match="inside the source folder"):
+        plan_for(data)
 
 
 def test_deny_removes_allowed_host(
