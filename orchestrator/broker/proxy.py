@@ -36,6 +36,7 @@ from .http import (
     render_head,
 )
 from .policy import IPAddress
+from .redact import Redactor
 
 Emit = Callable[[dict[str, Any]], None]
 Resolve = Callable[[str, int], Awaitable[list[IPAddress]]]
@@ -297,14 +298,20 @@ class Broker:
             upstream_writer.close()
 
     async def _pipe(self, state: AgentState, exchange: Exchange, source: asyncio.StreamReader,
-                    sink: asyncio.StreamWriter, *, outbound: bool) -> None:
+                    sink: asyncio.StreamWriter, *, outbound: bool, redactor: Redactor | None = None) -> None:
         while True:
             data = await asyncio.wait_for(source.read(CHUNK_BYTES), IDLE_TIMEOUT)
             if not data:
+                held = redactor.flush() if redactor is not None else b""
+                if held:
+                    await self._send(state, exchange, sink, held, outbound=outbound)
                 if sink.can_write_eof():
                     sink.write_eof()
                 return
-            await self._send(state, exchange, sink, data, outbound=outbound)
+            if redactor is not None:
+                data = redactor.feed(data)
+            if data:
+                await self._send(state, exchange, sink, data, outbound=outbound)
 
     async def _send(self, state: AgentState, exchange: Exchange, sink: asyncio.StreamWriter, data: bytes,
                     *, outbound: bool) -> None:
@@ -341,7 +348,7 @@ class Broker:
             # The head counts against the byte limit too, or 64 kB heads would pass uncounted.
             await self._send(state, exchange, upstream_writer, self._upstream_head(head, route, rest), outbound=True)
             await self._forward_body(state, exchange, head, reader, upstream_writer)
-            await self._forward_response(state, exchange, upstream_reader, writer)
+            await self._forward_response(state, exchange, upstream_reader, writer, Redactor([route.secret()]))
         finally:
             upstream_writer.close()
 
@@ -360,8 +367,11 @@ class Broker:
         return route, f"/{rest}{query}"
 
     def _upstream_head(self, head: RequestHead, route: ApiRoute, rest: str) -> bytes:
-        dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | HELD_BACK_HEADERS | {"host", route.header.lower()}
+        dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | HELD_BACK_HEADERS | {"host", "accept-encoding"}
+        dropped |= {route.header.lower()}
         headers = [(name, value) for name, value in head.headers if name.lower() not in dropped]
+        # An uncompressed response is one the broker can search for a reflected key.
+        headers.append(("Accept-Encoding", "identity"))
         host = route.host if route.port in (80, 443) else f"{route.host}:{route.port}"
         headers.append(("Host", host))
         headers.append((route.header, route.header_value))
@@ -422,7 +432,7 @@ class Broker:
             raise BadRequest(f"a chunk line is longer than {MAX_HEAD_BYTES} bytes") from None
 
     async def _forward_response(self, state: AgentState, exchange: Exchange, upstream: asyncio.StreamReader,
-                                writer: asyncio.StreamWriter) -> None:
+                                writer: asyncio.StreamWriter, redactor: Redactor) -> None:
         raw = await asyncio.wait_for(read_head(upstream), IDLE_TIMEOUT)
         status, headers, status_line = parse_status_head(raw)
         exchange.status = status
@@ -430,6 +440,9 @@ class Broker:
         forwarded = [(name, value) for name, value in headers
                      if name.lower() not in HOP_BY_HOP or name.lower() == "transfer-encoding"]
         forwarded.append(("Connection", "close"))
-        await self._send(state, exchange, writer, render_head(status_line, forwarded), outbound=False)
+        # The head is masked on its own: it is complete, so nothing needs to be held back for the body.
+        head_redactor = Redactor(redactor.secrets)
+        masked_head = head_redactor.feed(render_head(status_line, forwarded)) + head_redactor.flush()
+        await self._send(state, exchange, writer, masked_head, outbound=False)
         # The body passes through as it arrives, so server-sent events stream; the upstream closes at its end.
-        await self._pipe(state, exchange, upstream, writer, outbound=False)
+        await self._pipe(state, exchange, upstream, writer, outbound=False, redactor=redactor)

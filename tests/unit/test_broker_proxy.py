@@ -53,6 +53,12 @@ class Upstream:
         else:
             body = await reader.readexactly(length)
         self.bodies.append(body)
+        if head.startswith(b"GET /base/echo "):
+            # An upstream that reflects the request: the key in a header, and the whole head in the body.
+            key = b"".join(line for line in head.split(b"\r\n") if line.lower().startswith(b"x-api-key:"))
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Echo: %s\r\nContent-Length: %d\r\n\r\n%s" % (key, len(head), head))
+            writer.close()
+            return
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\n\r\n")
         try:
             for index in range(3):
@@ -341,3 +347,15 @@ async def test_request_head_counts_against_byte_limit(harness: HarnessFactory) -
     assert test.upstream.heads == []
     assert not response.startswith(b"HTTP/1.1 200")
     assert [event["limit"] for event in test.events if event["event"] == "limit"] == ["bytes"]
+
+
+@pytest.mark.anyio
+async def test_reflected_key_masked_in_response(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    response = await test.request(b"GET /anthropic/echo HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
+
+    assert response.startswith(b"HTTP/1.1 200")
+    assert SECRET.encode() not in response
+    assert b"X-Echo: x-api-key: " + b"*" * len(SECRET) in response
+    assert b"accept-encoding: identity" in response.lower()
