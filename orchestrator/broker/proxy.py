@@ -166,6 +166,8 @@ class Broker:
         try:
             head = parse_request_head(await asyncio.wait_for(read_head(reader), HEAD_TIMEOUT))
         except BadRequest as exc:
+            # Reported like any refused request, so an agent that probes the parser leaves a trace in the audit log.
+            self._report(state, Exchange(state.config.name, "invalid", "", "", 0, "", status=400, denied=str(exc)))
             writer.write(plain_response(400, str(exc)))
             return
 
@@ -333,7 +335,7 @@ class Broker:
         route, rest = self._route(state, head)
         if route is None:
             exchange.denied = rest
-            exchange.status = 404 if rest.startswith("no API") else 405
+            exchange.status = 404 if rest.startswith("no API") else 400 if rest.startswith("the path") else 405
             writer.write(plain_response(exchange.status, rest))
             return
         exchange.host, exchange.port = route.host, route.port
@@ -363,6 +365,8 @@ class Broker:
         route = state.config.apis.get(name)
         if route is None:
             return None, f"no API named {name!r} for this agent"
+        if _leaves_base_path(rest):
+            return None, "the path has a dot segment or an encoded slash or dot; write it plainly"
         query = f"?{target.query}" if target.query else ""
         return route, f"/{rest}{query}"
 
@@ -446,3 +450,15 @@ class Broker:
         await self._send(state, exchange, writer, masked_head, outbound=False)
         # The body passes through as it arrives, so server-sent events stream; the upstream closes at its end.
         await self._pipe(state, exchange, upstream, writer, outbound=False, redactor=redactor)
+
+
+def _leaves_base_path(path: str) -> bool:
+    """Return True when a path could reach outside the API's base path once the upstream decodes or normalizes it.
+
+    The upstream receives the base path and this path joined: a `..` segment, or an encoded slash or dot, would
+    let an agent reach other routes of the upstream host with the key the broker adds.
+    """
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "%2e" in lowered or "\\" in path:
+        return True
+    return any(segment in (".", "..") for segment in path.partition("?")[0].split("/"))

@@ -359,3 +359,29 @@ async def test_reflected_key_masked_in_response(harness: HarnessFactory) -> None
     assert SECRET.encode() not in response
     assert b"X-Echo: x-api-key: " + b"*" * len(SECRET) in response
     assert b"accept-encoding: identity" in response.lower()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", [
+    b"/anthropic/../admin", b"/anthropic/v1/./../../admin", b"/anthropic/%2e%2e/admin", b"/anthropic/v1%2F..%2Fadmin",
+    b"/anthropic/..\\admin",
+])
+async def test_path_leaving_base_rejected(harness: HarnessFactory, path: bytes) -> None:
+    test = await harness()
+
+    response = await test.request(b"GET " + path + b" HTTP/1.1\r\n\r\n")
+
+    assert response.startswith(b"HTTP/1.1 400")
+    assert test.upstream.heads == []
+
+
+@pytest.mark.anyio
+async def test_invalid_head_is_reported(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    await test.request(b"GET /anthropic/v1 HTTP/1.1\r\nX: a\nHost: other\r\n\r\n")
+
+    [event] = requests_of(test.events)
+    assert event["kind"] == "invalid"
+    assert event["status"] == 400
+    assert "control character" in event["denied"]
