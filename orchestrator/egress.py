@@ -41,6 +41,15 @@ READY_TIMEOUT = 30.0
 # Lines of the broker's output that are not events are logged up to this count, then only counted.
 MAX_LOGGED_LINES = 20
 
+# Set in the broker's own network namespace only. Port 53 lets the unprivileged broker answer DNS. Forwarding
+# is off because a new namespace copies the host's IPv4 setting, which is on wherever Docker runs: the broker
+# joins every agent network and the upstream one, and must never route packets between them.
+BROKER_SYSCTLS = {
+    "net.ipv4.ip_unprivileged_port_start": "53",
+    "net.ipv4.ip_forward": "0",
+    "net.ipv6.conf.all.forwarding": "0",
+}
+
 EventHandler = Callable[[dict[str, Any]], None]
 ExitHandler = Callable[[str], None]
 CreatedHandler = Callable[[str], None]
@@ -191,9 +200,8 @@ class EgressBroker:
                                             labels={**run_labels, LABEL_ROLE: "egress"})
                 self._networks.append(agent.egress.network)
 
-        # Port 53 in the broker's own network namespace only, so the unprivileged broker can answer DNS.
         created = self.runtime.create(broker_spec(broker), {}, network=broker.upstream_network,
-                                      sysctls={"net.ipv4.ip_unprivileged_port_start": "53"})
+                                      sysctls=BROKER_SYSCTLS)
         self.container_id = created.container_id
         if self._on_created is not None:
             # Called in this thread before the start, so the monitor receives every engine event of the broker.

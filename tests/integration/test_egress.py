@@ -320,14 +320,17 @@ def test_exec_into_broker_is_tampering(project: Project, upstream: MockUpstream)
         run_dir = started_run_dir(project)
         wait_for_path(run_dir / "agents" / "caller" / "first-ok")
 
-        # The broker holds the keys: reading its process from an exec is what this catches.
-        broker_of(project.client, run_dir.name).exec_run(["true"])
+        # The broker holds the keys: reading its process from an exec is what this catches. The exec also shows
+        # that the broker, which sits on every agent network and the upstream one, routes no packet between them.
+        forwarding = broker_of(project.client, run_dir.name).exec_run(
+            ["cat", "/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"])
         stdout, _ = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
 
     result = run_result(stdout)
+    assert forwarding.output == b"0\n0\n"
     assert process.returncode == 3, result
     assert result["stopped_by"]["kind"] == "tampering"
     assert result["stopped_by"]["agent"] == "egress broker"
