@@ -167,8 +167,14 @@ class Broker:
             head = parse_request_head(await asyncio.wait_for(read_head(reader), HEAD_TIMEOUT))
         except BadRequest as exc:
             # Reported like any refused request, so an agent that probes the parser leaves a trace in the audit log.
-            self._report(state, Exchange(state.config.name, "invalid", "", "", 0, "", status=400, denied=str(exc)))
-            writer.write(plain_response(400, str(exc)))
+            # It counts against the request limit too, or a flood of broken heads would flood the audit log.
+            invalid = Exchange(state.config.name, "invalid", "", "", 0, "", status=400, denied=str(exc))
+            try:
+                self._admit(state)
+            except LimitReached as limit:
+                invalid.status, invalid.denied = 429, str(limit)
+            self._report(state, invalid)
+            writer.write(plain_response(invalid.status, str(invalid.denied)))
             return
 
         exchange = self._exchange(state.config.name, head)

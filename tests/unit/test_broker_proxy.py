@@ -385,3 +385,17 @@ async def test_invalid_head_is_reported(harness: HarnessFactory) -> None:
     assert event["kind"] == "invalid"
     assert event["status"] == 400
     assert "control character" in event["denied"]
+
+
+@pytest.mark.anyio
+async def test_invalid_heads_count_against_limit(harness: HarnessFactory) -> None:
+    test = await harness(max_requests=2)
+
+    statuses = []
+    for _ in range(5):
+        response = await test.request(b"GET /anthropic/v1 HTTP/1.1\r\nX: a\nB: c\r\n\r\n")
+        statuses.append(response.split(b" ")[1])
+
+    assert statuses == [b"400", b"400", b"429", b"429", b"429"]
+    assert len(requests_of(test.events)) == 2
+    assert [event["limit"] for event in test.events if event["event"] == "limit"] == ["requests"]
