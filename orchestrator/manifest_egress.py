@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from .broker.policy import ip_literal
 from .profiles import HOST_PORT
 from .units import parse_size
 
@@ -40,7 +41,17 @@ def _check_deny(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
+def _check_allow(value: object) -> object:
+    value = _check_host_port(value)
+    if isinstance(value, str) and ip_literal(value.rpartition(":")[0]) is not None:
+        # The broker refuses IP literals on the allow list, so the entry would fail every request.
+        raise ValueError(f"'{value}' is an IP address; write the host's DNS name, or list the address in "
+                         "allow_private if it is a server on a Docker network")
+    return value
+
+
 HostPort = Annotated[str, BeforeValidator(_check_host_port)]
+AllowEntry = Annotated[str, BeforeValidator(_check_allow)]
 DenyEntry = Annotated[str, BeforeValidator(_check_deny)]
 
 
@@ -51,7 +62,7 @@ class EgressModel(BaseModel):
 class Egress(EgressModel):
     """Hosts added to the profile's (`allow`), removed from them (`deny`, which wins), and private opt-ins."""
 
-    allow: list[HostPort] = []
+    allow: list[AllowEntry] = []
     deny: list[DenyEntry] = []
     # host:port entries that may resolve to private, loopback or link-local addresses, or be IP literals.
     # Needed for servers on Docker networks, such as a mock API in a test; each one is a weakening.

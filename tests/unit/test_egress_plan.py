@@ -215,6 +215,19 @@ def test_invalid_allow_entry_rejected(
         load_data(data)
 
 
+@pytest.mark.parametrize("entry", ["169.254.169.254:80", "2130706433:80", "0x7f000001:443", "127.1:443"])
+def test_ip_literal_allow_entry_rejected(
+    load_data: Callable[[dict[str, Any]], Any], source_dir: Path, entry: str
+) -> None:
+    data = manifest_data(source_dir, agents=[allowlist_agent(egress={"allow": [entry]})])
+
+    with pytest.raises(ManifestError, match="is an IP address; write the host's DNS name") as caught:
+        load_data(data)
+
+    assert caught.value.exit_code == 2
+    assert "egress.allow" in str(caught.value)
+
+
 def test_gvisor_allowlist_needs_network_runtime(
     plan_for: PlanFor, source_dir: Path, make_facts: Callable[..., HostFacts]
 ) -> None:
