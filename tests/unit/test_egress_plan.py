@@ -289,3 +289,38 @@ def test_dns_refusal_repeats_question() -> None:
 def test_dns_refusal_ignores_answers_and_short_packets() -> None:
     assert refusal(b"\x00" * 5) is None
     assert refusal(bytes.fromhex("abcd81800001000000000000")) is None
+
+
+@pytest.mark.parametrize(("field", "value", "hint"), [
+    ("upstream", "ftp://api.example.test", "an http or https URL"),
+    ("header", "x api key", "a header name"),
+    ("base_url_env", "BASE-URL", "a variable name"),
+])
+def test_bad_api_field_explained(
+    load_data: Callable[[dict[str, Any]], Any], source_dir: Path, field: str, value: str, hint: str
+) -> None:
+    caller = agent("caller", network="allowlist", apis={"anthropic": {**API, field: value}})
+    data = manifest_data(source_dir, agents=[caller])
+
+    with pytest.raises(ManifestError) as caught:
+        load_data(data)
+
+    assert f"agents[0].apis.anthropic.{field}: invalid value '{value}'; use {hint}" in str(caught.value)
+    assert "should match pattern" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"apis": {"anthropic": {**API, "secret": "KEY=VALUE"}}}, "apis.anthropic.secret: invalid value 'KEY=VALUE'"),
+    ({"apis": {"anthropic": {**API, "placeholder_env": ["LD_PRELOAD=x"]}}}, "invalid variable name 'LD_PRELOAD=x'"),
+    ({"apis": {"a/b": API}}, "invalid API name 'a/b'"),
+    ({"secrets": {"ANTHROPIC_API_KEY": {"env": "TEAM KEY"}}}, "secrets.ANTHROPIC_API_KEY.env: invalid value"),
+])
+def test_unanchored_names_rejected(
+    load_data: Callable[[dict[str, Any]], Any], source_dir: Path, fields: dict[str, Any], message: str
+) -> None:
+    data = manifest_data(source_dir, agents=[agent("caller", network="allowlist", **fields)])
+
+    with pytest.raises(ManifestError) as caught:
+        load_data(data)
+
+    assert message in str(caught.value)
