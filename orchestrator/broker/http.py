@@ -110,6 +110,10 @@ def plain_response(status: int, message: str) -> bytes:
 
 def body_framing(head: RequestHead) -> tuple[str, int]:
     """Return ("length", n), ("chunked", 0) or ("none", 0) for a request's body."""
+    # A repeated framing header, even with equal values, lets the broker and the upstream pick different copies.
+    for name in ("transfer-encoding", "content-length"):
+        if sum(1 for key, _ in head.headers if key.lower() == name) > 1:
+            raise BadRequest(f"the request has more than one {name} header")
     encoding = head.header("transfer-encoding")
     length = head.header("content-length")
     if encoding is not None:

@@ -399,3 +399,19 @@ async def test_invalid_heads_count_against_limit(harness: HarnessFactory) -> Non
     assert statuses == [b"400", b"400", b"429", b"429", b"429"]
     assert len(requests_of(test.events)) == 2
     assert [event["limit"] for event in test.events if event["event"] == "limit"] == ["requests"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("headers", [
+    b"Content-Length: 0\r\nContent-Length: 10\r\n",
+    b"Content-Length: 2\r\ncontent-length: 2\r\n",
+    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+])
+async def test_repeated_framing_headers_rejected(harness: HarnessFactory, headers: bytes) -> None:
+    test = await harness()
+
+    # The broker and the upstream could each pick a different copy and disagree on where the body ends.
+    response = await test.request(b"POST /anthropic/v1 HTTP/1.1\r\n" + headers + b"\r\n0\r\n\r\n")
+
+    assert response.startswith(b"HTTP/1.1 400")
+    assert test.upstream.heads == []
