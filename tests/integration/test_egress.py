@@ -138,6 +138,15 @@ def test_agent_never_sees_key(probe_run: ProbeRun) -> None:
     assert SECRET not in json.dumps(probe_run.probe)
 
 
+def test_reflected_key_masked(probe_run: ProbeRun) -> None:
+    # The mock's /echo route returns the request's headers: the broker masks the key it added.
+    echo = probe_run.probe["echo"]
+
+    assert echo["status"] == 200
+    assert SECRET not in echo["body"]
+    assert '"x-api-key": "' + "*" * len(SECRET) + '"' in echo["body"]
+
+
 def test_key_absent_from_run_folder(probe_run: ProbeRun) -> None:
     # The plan, the audit log, the agent's log and inspect output, its workspace and the publish reports.
     assert files_containing(probe_run.run_dir, SECRET) == []
