@@ -415,3 +415,34 @@ async def test_repeated_framing_headers_rejected(harness: HarnessFactory, header
 
     assert response.startswith(b"HTTP/1.1 400")
     assert test.upstream.heads == []
+
+
+@pytest.mark.anyio
+async def test_one_agent_exhausting_connections_spares_another() -> None:
+    upstream = Upstream()
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
+    upstream.port = server.sockets[0].getsockname()[1]
+    agents = (
+        agent_config(upstream.port, name="hog", subnet=ipaddress.ip_network("127.0.0.1/32")),
+        agent_config(upstream.port, name="calm", address="127.0.0.2", subnet=ipaddress.ip_network("127.0.0.2/32")),
+    )
+    broker = Broker(BrokerConfig(port=0, agents=agents), [].append, resolve=fake_resolve, answer_dns=False)
+    await broker.start()
+    held: list[asyncio.StreamWriter] = []
+    try:
+        # The hog opens its 128 connections and sends nothing (slowloris), then 20 more that are turned away.
+        for _ in range(148):
+            _, writer = await asyncio.open_connection("127.0.0.1", broker.listening_port(0))
+            held.append(writer)
+        reader, writer = await asyncio.open_connection("127.0.0.2", broker.listening_port(1),
+                                                       local_addr=("127.0.0.2", 0))
+        writer.write(b"GET /anthropic/v1/models HTTP/1.1\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    finally:
+        for writer in held:
+            writer.close()
+        broker.close()
+        server.close()
+
+    assert response.startswith(b"HTTP/1.1 200")
