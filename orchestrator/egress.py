@@ -123,8 +123,12 @@ def read_secret(secret: SecretPlan, environment: dict[str, str]) -> str:
         value = environment.get(str(secret.env), "").strip()
     if not value:
         raise BrokerStartError(f"secret {secret.name} is empty ({secret.source()}); set it and run again")
-    if any(ord(char) < 32 for char in value):
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
         raise BrokerStartError(f"secret {secret.name} ({secret.source()}) contains a control character; fix it")
+    if not value.isascii():
+        # The broker writes headers as Latin-1; a character outside ASCII would fail every request of the agent.
+        raise BrokerStartError(f"secret {secret.name} ({secret.source()}) contains a non-ASCII character; "
+                               "API keys are ASCII, so check that the right value is set")
     return value
 
 
