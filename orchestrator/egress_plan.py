@@ -99,6 +99,9 @@ def plan_agent_egress(
         + (", ".join(allow) or "no host") + (f"; APIs {', '.join(api.name for api in apis)}" if apis else ""),
         *(f"agent {agent.name}: egress.allow_private {entry}: private, loopback and link-local addresses "
           "allowed for it" for entry in allow_private),
+        # The broker adds the key to every request of the route, so over plain HTTP anyone on the path reads it.
+        *(f"agent {agent.name}: API {api.name} upstream {api.upstream} is plain HTTP: the broker sends the key "
+          "unencrypted" for api in apis if api.upstream.lower().startswith("http://")),
     ]
     return result
 

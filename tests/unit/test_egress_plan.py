@@ -187,6 +187,14 @@ def test_allow_private_is_a_weakening(
     assert "WEAKENED" in plan_text(plan)
 
 
+def test_plain_http_upstream_is_a_weakening(
+    plan_for: PlanFor, source_dir: Path, make_facts: Callable[..., HostFacts]
+) -> None:
+    plan = plan_for(manifest_data(source_dir, agents=[allowlist_agent()]), facts=with_key(make_facts))
+
+    assert any("API anthropic upstream http://mock-api:8080 is plain HTTP" in item for item in plan.weakenings)
+
+
 def test_egress_without_allowlist_rejected(plan_for: PlanFor, source_dir: Path) -> None:
     data = manifest_data(source_dir, agents=[agent("quiet", egress={"allow": ["a.example.test:443"]})])
 
