@@ -446,3 +446,14 @@ async def test_one_agent_exhausting_connections_spares_another() -> None:
         server.close()
 
     assert response.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.anyio
+async def test_oversized_head_rejected(harness: HarnessFactory) -> None:
+    test = await harness()
+
+    response = await test.request(b"GET /anthropic/v1 HTTP/1.1\r\nX-Pad: " + b"p" * 70_000 + b"\r\n\r\n")
+
+    assert response.startswith(b"HTTP/1.1 400")
+    assert b"longer than 65536 bytes" in response
+    assert test.upstream.heads == []
