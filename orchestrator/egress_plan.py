@@ -124,9 +124,28 @@ def _secrets_in_env(
             field_path = ("agents", index, "env") if name in agent.env else ("defaults", "env")
             problems.append(loaded.problem(
                 field_path,
-                f"the host variable {name} carries a secret that the egress broker adds for agent {agent.name}; "
-                "remove it from env, so the key stays out of the sandbox",
+                f"the host variable {name} carries a secret that the egress broker adds; remove it from env, "
+                "so the key stays out of every sandbox",
             ))
+    return problems
+
+
+def secrets_in_other_agents(loaded: LoadedManifest, egress: list[AgentEgress | None],
+                            environment: dict[str, str]) -> list[Problem]:
+    """Reject host variables that carry one agent's broker secret into any other agent of the run.
+
+    An agent without network access can still leave the key in a shared folder or its output, where an
+    agent with network access may read it and send it to a host on its list.
+    """
+    problems = []
+    for index in range(min(len(loaded.manifest.agents), len(egress))):
+        others = [secret for position, plan in enumerate(egress) if plan is not None and position != index
+                  for secret in plan.secrets]
+        mine = egress[index]
+        own = set(mine.secrets) if mine is not None else set()
+        foreign = tuple(secret for secret in others if secret not in own)
+        if foreign:
+            problems.extend(_secrets_in_env(loaded, index, foreign, environment))
     return problems
 
 

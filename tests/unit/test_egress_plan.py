@@ -332,3 +332,13 @@ def test_unanchored_names_rejected(
         load_data(data)
 
     assert message in str(caught.value)
+
+
+def test_secret_in_other_agent_env_rejected(
+    plan_for: PlanFor, source_dir: Path, make_facts: Callable[..., HostFacts]
+) -> None:
+    # The agent without network could leave the key in its output, where the allowlist agent reads it.
+    data = manifest_data(source_dir, agents=[allowlist_agent(), agent("helper", env=["ANTHROPIC_API_KEY"])])
+
+    with pytest.raises(PlanError, match="agents\\[1\\].env: the host variable ANTHROPIC_API_KEY carries a secret"):
+        plan_for(data, facts=with_key(make_facts))
