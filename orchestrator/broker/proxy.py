@@ -22,6 +22,7 @@ from .config import AgentConfig, ApiRoute, BrokerConfig
 from .dns import serve_dns
 from .http import (
     CHUNK_BYTES,
+    CONTROL,
     CREDENTIAL_HEADERS,
     HELD_BACK_HEADERS,
     HOP_BY_HOP,
@@ -436,10 +437,18 @@ class Broker:
 
     @staticmethod
     async def _read_line(reader: asyncio.StreamReader) -> bytes:
+        """Read one chunk-size or trailer line; raise BadRequest for a control character inside it.
+
+        A bare LF inside the line would end it early for some upstream servers, which would then read the
+        chunk sizes differently from the broker.
+        """
         try:
-            return await asyncio.wait_for(reader.readuntil(b"\r\n"), IDLE_TIMEOUT)
+            line = await asyncio.wait_for(reader.readuntil(b"\r\n"), IDLE_TIMEOUT)
         except asyncio.LimitOverrunError:
             raise BadRequest(f"a chunk line is longer than {MAX_HEAD_BYTES} bytes") from None
+        if CONTROL.search(line[:-2].decode("latin-1")):
+            raise BadRequest("a chunk line contains a control character")
+        return line
 
     async def _forward_response(self, state: AgentState, exchange: Exchange, upstream: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter, redactor: Redactor) -> None:

@@ -457,3 +457,18 @@ async def test_oversized_head_rejected(harness: HarnessFactory) -> None:
     assert response.startswith(b"HTTP/1.1 400")
     assert b"longer than 65536 bytes" in response
     assert test.upstream.heads == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("body", [
+    # The broker reads size 5 with the extension "x\nFFFF"; an upstream that ends lines at LF reads size FFFF.
+    b"5;x\nFFFF\r\nhello\r\n0\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nX-Trailer: a\nGET /admin HTTP/1.1\r\n\r\n",
+])
+async def test_control_character_in_chunk_line_rejected(harness: HarnessFactory, body: bytes) -> None:
+    test = await harness()
+
+    response = await test.request(b"POST /anthropic/v1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+
+    assert response.startswith(b"HTTP/1.1 400")
+    assert b"control character" in response
