@@ -41,6 +41,15 @@ READY_TIMEOUT = 30.0
 # Lines of the broker's output that are not events are logged up to this count, then only counted.
 MAX_LOGGED_LINES = 20
 
+# Set in the broker's own network namespace only. Port 53 lets the unprivileged broker answer DNS. Forwarding
+# is off because a new namespace copies the host's IPv4 setting, which is on wherever Docker runs: the broker
+# joins every agent network and the upstream one, and must never route packets between them.
+BROKER_SYSCTLS = {
+    "net.ipv4.ip_unprivileged_port_start": "53",
+    "net.ipv4.ip_forward": "0",
+    "net.ipv6.conf.all.forwarding": "0",
+}
+
 EventHandler = Callable[[dict[str, Any]], None]
 ExitHandler = Callable[[str], None]
 CreatedHandler = Callable[[str], None]
@@ -114,8 +123,12 @@ def read_secret(secret: SecretPlan, environment: dict[str, str]) -> str:
         value = environment.get(str(secret.env), "").strip()
     if not value:
         raise BrokerStartError(f"secret {secret.name} is empty ({secret.source()}); set it and run again")
-    if any(ord(char) < 32 for char in value):
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
         raise BrokerStartError(f"secret {secret.name} ({secret.source()}) contains a control character; fix it")
+    if not value.isascii():
+        # The broker writes headers as Latin-1; a character outside ASCII would fail every request of the agent.
+        raise BrokerStartError(f"secret {secret.name} ({secret.source()}) contains a non-ASCII character; "
+                               "API keys are ASCII, so check that the right value is set")
     return value
 
 
@@ -191,9 +204,8 @@ class EgressBroker:
                                             labels={**run_labels, LABEL_ROLE: "egress"})
                 self._networks.append(agent.egress.network)
 
-        # Port 53 in the broker's own network namespace only, so the unprivileged broker can answer DNS.
         created = self.runtime.create(broker_spec(broker), {}, network=broker.upstream_network,
-                                      sysctls={"net.ipv4.ip_unprivileged_port_start": "53"})
+                                      sysctls=BROKER_SYSCTLS)
         self.container_id = created.container_id
         if self._on_created is not None:
             # Called in this thread before the start, so the monitor receives every engine event of the broker.

@@ -79,13 +79,8 @@ def plan_agent_egress(
     allow_private = tuple(dict.fromkeys([*defaults.egress.allow_private, *agent.egress.allow_private]))
     apis = _apis(loaded, index, profile, result.problems)
     secrets = tuple(_secret(loaded, index, api.secret, environment, result.problems) for api in apis)
-    for name in agent.env:
-        if name in {api.secret for api in apis}:
-            result.problems.append(loaded.problem(
-                ("agents", index, "env"),
-                f"{name} is the secret the egress broker adds for this agent; remove it from env, so the key "
-                "stays out of the sandbox",
-            ))
+    result.problems.extend(_secrets_in_env(loaded, index, secrets, environment))
+    result.problems.extend(_secret_files_in_source(loaded, index, secrets))
 
     broker = manifest.broker
     result.egress = AgentEgress(
@@ -104,8 +99,69 @@ def plan_agent_egress(
         + (", ".join(allow) or "no host") + (f"; APIs {', '.join(api.name for api in apis)}" if apis else ""),
         *(f"agent {agent.name}: egress.allow_private {entry}: private, loopback and link-local addresses "
           "allowed for it" for entry in allow_private),
+        # The broker adds the key to every request of the route, so over plain HTTP anyone on the path reads it.
+        *(f"agent {agent.name}: API {api.name} upstream {api.upstream} is plain HTTP: the broker sends the key "
+          "unencrypted" for api in apis if api.upstream.lower().startswith("http://")),
     ]
     return result
+
+
+def _secrets_in_env(
+    loaded: LoadedManifest, index: int, secrets: tuple[SecretPlan, ...], environment: dict[str, str]
+) -> list[Problem]:
+    """Reject host variables passed to the agent that carry a secret the broker adds for it.
+
+    The secret's own name is not enough: a secret read from another variable (`secrets: {KEY: {env: TEAM}}`)
+    would reach the sandbox through `env: [TEAM]`, and `defaults.env` applies to this agent as well.
+    """
+    manifest = loaded.manifest
+    agent = manifest.agents[index]
+    values = {environment[secret.env].strip() for secret in secrets if secret.env and environment.get(secret.env)}
+    carriers = {secret.name for secret in secrets} | {str(secret.env) for secret in secrets if secret.env}
+    problems = []
+    for name in dict.fromkeys([*manifest.defaults.env, *agent.env]):
+        if name in carriers or (environment.get(name) and environment.get(name, "").strip() in values):
+            field_path = ("agents", index, "env") if name in agent.env else ("defaults", "env")
+            problems.append(loaded.problem(
+                field_path,
+                f"the host variable {name} carries a secret that the egress broker adds; remove it from env, "
+                "so the key stays out of every sandbox",
+            ))
+    return problems
+
+
+def secrets_in_other_agents(loaded: LoadedManifest, egress: list[AgentEgress | None],
+                            environment: dict[str, str]) -> list[Problem]:
+    """Reject host variables that carry one agent's broker secret into any other agent of the run.
+
+    An agent without network access can still leave the key in a shared folder or its output, where an
+    agent with network access may read it and send it to a host on its list.
+    """
+    problems = []
+    for index in range(min(len(loaded.manifest.agents), len(egress))):
+        others = [secret for position, plan in enumerate(egress) if plan is not None and position != index
+                  for secret in plan.secrets]
+        mine = egress[index]
+        own = set(mine.secrets) if mine is not None else set()
+        foreign = tuple(secret for secret in others if secret not in own)
+        if foreign:
+            problems.extend(_secrets_in_env(loaded, index, foreign, environment))
+    return problems
+
+
+def _secret_files_in_source(loaded: LoadedManifest, index: int, secrets: tuple[SecretPlan, ...]) -> list[Problem]:
+    """Reject a secret file inside the source folder, which every agent can read at /workspace/src."""
+    source = Path(os.path.expanduser(loaded.manifest.source.path))
+    source = (source if source.is_absolute() else loaded.base_dir / source).resolve()
+    problems = []
+    for secret in secrets:
+        if secret.file is not None and secret.file.resolve().is_relative_to(source):
+            problems.append(loaded.problem(
+                ("agents", index, "secrets", secret.name),
+                f"the file {secret.file} for secret {secret.name} is inside the source folder {source}, which "
+                "agents can read; move it out of that folder",
+            ))
+    return problems
 
 
 def _unused_settings(loaded: LoadedManifest, index: int, agent: Agent) -> list[Problem]:

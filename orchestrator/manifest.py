@@ -27,7 +27,7 @@ from pydantic import (
 from . import yamlsource
 from .claims import check_pattern
 from .errors import ManifestError, Problem
-from .manifest_egress import ApiOverride, Broker, Egress, NetworkMode, SecretSource
+from .manifest_egress import ApiName, ApiOverride, Broker, Egress, NetworkMode, SecretSource
 from .manifest_errors import problems_from_validation, render_path
 from .profiles import PROFILE_NAMES
 from .units import parse_duration, parse_size
@@ -288,7 +288,7 @@ class Agent(Model):
     interactive: bool = False
     network: NetworkMode | None = None
     egress: Egress = Egress()
-    apis: dict[str, ApiOverride] = {}
+    apis: dict[ApiName, ApiOverride] = {}
     secrets: dict[EnvName, SecretSource] = {}
 
     @field_validator("name")

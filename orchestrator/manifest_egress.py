@@ -12,12 +12,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from .broker.policy import ip_literal
 from .profiles import HOST_PORT
 from .units import parse_size
 
 # A deny entry may leave out the port, so it covers the host on every port.
 HOST = re.compile(r"(?=.{1,255}$)[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?")
 SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Anchored: pydantic searches a Field pattern anywhere in the value, so "A=B" would pass as the name "A".
+VARIABLE_PATTERN = rf"^{SECRET_NAME.pattern}$"
+API_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 UPSTREAM = r"^https?://[^/?#\s]+(/[^?#\s]*)?$"
 DEFAULT_MAX_REQUESTS = 10_000
 DEFAULT_MAX_BYTES = 1024**3
@@ -40,7 +44,31 @@ def _check_deny(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
+def _check_allow(value: object) -> object:
+    value = _check_host_port(value)
+    if isinstance(value, str) and ip_literal(value.rpartition(":")[0]) is not None:
+        # The broker refuses IP literals on the allow list, so the entry would fail every request.
+        raise ValueError(f"'{value}' is an IP address; write the host's DNS name, or list the address in "
+                         "allow_private if it is a server on a Docker network")
+    return value
+
+
+def _check_variable(value: object) -> object:
+    if isinstance(value, str) and not SECRET_NAME.fullmatch(value):
+        raise ValueError(f"invalid variable name '{value}'; use letters, digits and underscores, such as API_KEY")
+    return value
+
+
+def _check_api_name(value: object) -> object:
+    # The name is the first path segment of the API's route on the broker, and part of its base URL.
+    if isinstance(value, str) and not API_NAME.fullmatch(value):
+        raise ValueError(f"invalid API name '{value}'; use lowercase letters, digits and dashes, such as anthropic")
+    return value
+
+
+ApiName = Annotated[str, BeforeValidator(_check_api_name)]
 HostPort = Annotated[str, BeforeValidator(_check_host_port)]
+AllowEntry = Annotated[str, BeforeValidator(_check_allow)]
 DenyEntry = Annotated[str, BeforeValidator(_check_deny)]
 
 
@@ -51,7 +79,7 @@ class EgressModel(BaseModel):
 class Egress(EgressModel):
     """Hosts added to the profile's (`allow`), removed from them (`deny`, which wins), and private opt-ins."""
 
-    allow: list[HostPort] = []
+    allow: list[AllowEntry] = []
     deny: list[DenyEntry] = []
     # host:port entries that may resolve to private, loopback or link-local addresses, or be IP literals.
     # Needed for servers on Docker networks, such as a mock API in a test; each one is a weakening.
@@ -61,7 +89,7 @@ class Egress(EgressModel):
 class SecretSource(EgressModel):
     """A secret's source: a variable of the orchestrator's own environment, or a file."""
 
-    env: str | None = Field(default=None, pattern=SECRET_NAME.pattern)
+    env: str | None = Field(default=None, pattern=VARIABLE_PATTERN)
     file: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
@@ -75,11 +103,11 @@ class ApiOverride(EgressModel):
     """Changes to a profile's model API, or a whole new API for a custom agent."""
 
     upstream: str | None = Field(default=None, pattern=UPSTREAM)
-    base_url_env: str | None = Field(default=None, pattern=SECRET_NAME.pattern)
-    secret: str | None = Field(default=None, pattern=SECRET_NAME.pattern)
+    base_url_env: str | None = Field(default=None, pattern=VARIABLE_PATTERN)
+    secret: str | None = Field(default=None, pattern=VARIABLE_PATTERN)
     header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]+$")
     scheme: Literal["plain", "bearer"] | None = None
-    placeholder_env: list[str] | None = None
+    placeholder_env: list[Annotated[str, BeforeValidator(_check_variable)]] | None = None
 
 
 class Broker(EgressModel):

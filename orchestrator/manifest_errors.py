@@ -92,7 +92,19 @@ def _message(error: Any, path: tuple[str | int, ...], document: LocatedDocument)
         return f"expected text, got {_describe(value)}; quote the value, as in \"{str(value).lower()}\""
     if kind in _TYPE_NAMES:
         return f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}"
+    if kind == "string_pattern_mismatch" and path and str(path[-1]) in _PATTERN_HINTS:
+        return f"invalid value {_describe(value)}; use {_PATTERN_HINTS[str(path[-1])]}"
     return f"{error['msg']} (value {_describe(value)})"
+
+
+# Descriptions of the values that fields with a pattern accept, shown in place of the regular expression.
+_PATTERN_HINTS = {
+    "upstream": "an http or https URL without query or fragment, such as https://api.example.com",
+    "header": "a header name of letters, digits and dashes, such as x-api-key",
+    "base_url_env": "a variable name of letters, digits and underscores, such as ANTHROPIC_BASE_URL",
+    "secret": "a variable name of letters, digits and underscores, such as ANTHROPIC_API_KEY",
+    "env": "a variable name of letters, digits and underscores, such as TEAM_API_KEY",
+}
 
 
 def _unknown_field_message(path: tuple[str | int, ...], document: LocatedDocument) -> str:

@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from . import __version__
 from .agent_profile import PROMPT_TARGET, ResolvedAgent, final_command, prompt_env, resolve
 from .egress_models import AgentEgress, BrokerPlan
-from .egress_plan import GVISOR_NETWORK_RUNTIME, GVISOR_NETWORK_SETUP, EgressResult, plan_agent_egress, plan_broker
+from .egress_plan import (
+    GVISOR_NETWORK_RUNTIME,
+    GVISOR_NETWORK_SETUP,
+    EgressResult,
+    plan_agent_egress,
+    plan_broker,
+    secrets_in_other_agents,
+)
 from .errors import PlanError, Problem
 from .interactive import keeper_command, session_command
 from .layout import HOME_TARGET, OUTPUT_TARGET, SHARED_TARGET, SOURCE_TARGET, STATE_FOLDER, TMP_TARGET
@@ -312,6 +319,7 @@ def build_plan(loaded: LoadedManifest, facts: HostFacts, *, runs_root: Path, run
         ))
 
     broker = _broker(loaded, facts, run_id, agents, problems)
+    problems.extend(secrets_in_other_agents(loaded, [item.egress for item in agents], facts.environment))
     problems.extend(paths.problems)
     if not problems:
         # A backstop behind the manifest checks, which already name the field of every overlap they find.

@@ -33,6 +33,10 @@ class ApiRoute:
     # The whole header value, "Bearer " included where the API wants it.
     header_value: str
 
+    def secret(self) -> str:
+        """Return the key alone, without the "Bearer " that the header value may start with."""
+        return self.header_value.removeprefix("Bearer ")
+
     def __repr__(self) -> str:
         # The dataclass repr would print the key into any traceback or log line that shows a route.
         return f"ApiRoute(name={self.name!r}, upstream={self.scheme}://{self.host}:{self.port}{self.base_path})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -21,6 +22,10 @@ REASONS = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests",
     502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
+
+
+# Every C0 control character but the tab, and DEL.
+CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class BadRequest(Exception):
@@ -53,7 +58,14 @@ async def read_head(reader: asyncio.StreamReader) -> bytes:
 
 
 def parse_request_head(raw: bytes) -> RequestHead:
-    lines = raw.decode("latin-1").split("\r\n")
+    text = raw.decode("latin-1")
+    # Some upstream servers end a line at a bare LF or CR, or a string at a NUL, where this parser does not.
+    # Passed on, such a character would let an agent add headers or a second request to the upstream's input.
+    if CONTROL.search(text[:-4].replace("\r\n", "")):
+        raise BadRequest("the request head contains a control character other than CRLF line ends")
+    lines = text.split("\r\n")
+    if "\t" in lines[0]:
+        raise BadRequest("the request line contains a tab")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise BadRequest("the request line is not METHOD TARGET HTTP/1.x")
@@ -98,6 +110,10 @@ def plain_response(status: int, message: str) -> bytes:
 
 def body_framing(head: RequestHead) -> tuple[str, int]:
     """Return ("length", n), ("chunked", 0) or ("none", 0) for a request's body."""
+    # A repeated framing header, even with equal values, lets the broker and the upstream pick different copies.
+    for name in ("transfer-encoding", "content-length"):
+        if sum(1 for key, _ in head.headers if key.lower() == name) > 1:
+            raise BadRequest(f"the request has more than one {name} header")
     encoding = head.header("transfer-encoding")
     length = head.header("content-length")
     if encoding is not None:
@@ -106,7 +122,8 @@ def body_framing(head: RequestHead) -> tuple[str, int]:
             raise BadRequest("only Transfer-Encoding: chunked without Content-Length is supported")
         return "chunked", 0
     if length is not None:
-        if not length.isdigit():
+        # str.isdigit also accepts digits such as "\xb2" that int() rejects.
+        if not (length.isascii() and length.isdigit()):
             raise BadRequest(f"invalid Content-Length {length[:20]!r}")
         return "length", int(length)
     return "none", 0

@@ -16,8 +16,12 @@ from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# NAT64 prefixes embed an IPv4 address in the last 32 bits (RFC 6052, RFC 8215).
-NAT64_NETWORKS = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# NAT64 prefixes embed an IPv4 address in the last 32 bits (RFC 6052, RFC 8215), and so do IPv4-translated
+# addresses of stateless translation (::ffff:0:a.b.c.d, RFC 2765), which ipaddress does not unwrap.
+IPV4_EMBEDDING_NETWORKS = (
+    ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ def forbidden_address(address: IPAddress) -> str | None:
         return f"{address} is a loopback address"
     if address.is_link_local:
         return f"{address} is link-local, where cloud metadata services listen"
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        # fec0::/10 is deprecated (RFC 3879) but still routed within a site, and ipaddress calls it global.
+        return f"{address} is a site-local address"
     if address.is_multicast:
         return f"{address} is a multicast address"
     if address.is_unspecified:
@@ -87,7 +94,7 @@ def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
         return address.sixtofour
     if address.teredo is not None:
         return address.teredo[1]
-    for network in NAT64_NETWORKS:
+    for network in IPV4_EMBEDDING_NETWORKS:
         if address in network:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     # IPv4-compatible addresses (::a.b.c.d), deprecated but still routed by some stacks.

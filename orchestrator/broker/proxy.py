@@ -22,6 +22,7 @@ from .config import AgentConfig, ApiRoute, BrokerConfig
 from .dns import serve_dns
 from .http import (
     CHUNK_BYTES,
+    CONTROL,
     CREDENTIAL_HEADERS,
     HELD_BACK_HEADERS,
     HOP_BY_HOP,
@@ -36,6 +37,7 @@ from .http import (
     render_head,
 )
 from .policy import IPAddress
+from .redact import Redactor
 
 Emit = Callable[[dict[str, Any]], None]
 Resolve = Callable[[str, int], Awaitable[list[IPAddress]]]
@@ -165,7 +167,15 @@ class Broker:
         try:
             head = parse_request_head(await asyncio.wait_for(read_head(reader), HEAD_TIMEOUT))
         except BadRequest as exc:
-            writer.write(plain_response(400, str(exc)))
+            # Reported like any refused request, so an agent that probes the parser leaves a trace in the audit log.
+            # It counts against the request limit too, or a flood of broken heads would flood the audit log.
+            invalid = Exchange(state.config.name, "invalid", "", "", 0, "", status=400, denied=str(exc))
+            try:
+                self._admit(state)
+            except LimitReached as limit:
+                invalid.status, invalid.denied = 429, str(limit)
+            self._report(state, invalid)
+            writer.write(plain_response(invalid.status, str(invalid.denied)))
             return
 
         exchange = self._exchange(state.config.name, head)
@@ -190,10 +200,15 @@ class Broker:
     def _exchange(self, agent: str, head: RequestHead) -> Exchange:
         if head.method == "CONNECT":
             host, _, port = head.target.rpartition(":")
+            # str.isdigit also accepts digits such as "\xb2" that int() rejects. Port 0 is rejected in _tunnel.
             return Exchange(agent, "connect", head.method, host.strip("[]").lower(),
-                            int(port) if port.isdigit() else 0, "")
+                            int(port) if port.isascii() and port.isdigit() else 0, "")
         target = urlsplit(head.target)
-        return Exchange(agent, "api", head.method, (target.hostname or "").lower(), target.port or 0, target.path)
+        try:
+            target_port = target.port or 0
+        except ValueError:
+            target_port = 0  # Out of range: urlsplit raises, and the API route does not use the port.
+        return Exchange(agent, "api", head.method, (target.hostname or "").lower(), target_port, target.path)
 
     def _admit(self, state: AgentState) -> None:
         """Count the request against the agent's limits; raise LimitReached when one is used up."""
@@ -292,14 +307,20 @@ class Broker:
             upstream_writer.close()
 
     async def _pipe(self, state: AgentState, exchange: Exchange, source: asyncio.StreamReader,
-                    sink: asyncio.StreamWriter, *, outbound: bool) -> None:
+                    sink: asyncio.StreamWriter, *, outbound: bool, redactor: Redactor | None = None) -> None:
         while True:
             data = await asyncio.wait_for(source.read(CHUNK_BYTES), IDLE_TIMEOUT)
             if not data:
+                held = redactor.flush() if redactor is not None else b""
+                if held:
+                    await self._send(state, exchange, sink, held, outbound=outbound)
                 if sink.can_write_eof():
                     sink.write_eof()
                 return
-            await self._send(state, exchange, sink, data, outbound=outbound)
+            if redactor is not None:
+                data = redactor.feed(data)
+            if data:
+                await self._send(state, exchange, sink, data, outbound=outbound)
 
     async def _send(self, state: AgentState, exchange: Exchange, sink: asyncio.StreamWriter, data: bytes,
                     *, outbound: bool) -> None:
@@ -321,7 +342,7 @@ class Broker:
         route, rest = self._route(state, head)
         if route is None:
             exchange.denied = rest
-            exchange.status = 404 if rest.startswith("no API") else 405
+            exchange.status = 404 if rest.startswith("no API") else 400 if rest.startswith("the path") else 405
             writer.write(plain_response(exchange.status, rest))
             return
         exchange.host, exchange.port = route.host, route.port
@@ -333,9 +354,10 @@ class Broker:
             return
         upstream_reader, upstream_writer = upstream
         try:
-            upstream_writer.write(self._upstream_head(head, route, rest))
+            # The head counts against the byte limit too, or 64 kB heads would pass uncounted.
+            await self._send(state, exchange, upstream_writer, self._upstream_head(head, route, rest), outbound=True)
             await self._forward_body(state, exchange, head, reader, upstream_writer)
-            await self._forward_response(state, exchange, upstream_reader, writer)
+            await self._forward_response(state, exchange, upstream_reader, writer, Redactor([route.secret()]))
         finally:
             upstream_writer.close()
 
@@ -350,12 +372,17 @@ class Broker:
         route = state.config.apis.get(name)
         if route is None:
             return None, f"no API named {name!r} for this agent"
+        if _leaves_base_path(rest):
+            return None, "the path has a dot segment or an encoded slash or dot; write it plainly"
         query = f"?{target.query}" if target.query else ""
         return route, f"/{rest}{query}"
 
     def _upstream_head(self, head: RequestHead, route: ApiRoute, rest: str) -> bytes:
-        dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | HELD_BACK_HEADERS | {"host", route.header.lower()}
+        dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | HELD_BACK_HEADERS | {"host", "accept-encoding"}
+        dropped |= {route.header.lower()}
         headers = [(name, value) for name, value in head.headers if name.lower() not in dropped]
+        # An uncompressed response is one the broker can search for a reflected key.
+        headers.append(("Accept-Encoding", "identity"))
         host = route.host if route.port in (80, 443) else f"{route.host}:{route.port}"
         headers.append(("Host", host))
         headers.append((route.header, route.header_value))
@@ -382,25 +409,49 @@ class Broker:
     async def _forward_chunks(self, state: AgentState, exchange: Exchange, reader: asyncio.StreamReader,
                               upstream: asyncio.StreamWriter) -> None:
         while True:
-            line = await asyncio.wait_for(reader.readuntil(b"\r\n"), IDLE_TIMEOUT)
+            line = await self._read_line(reader)
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadRequest("invalid chunk size") from None
+            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                raise BadRequest("invalid chunk size")
+            size = int(size_text, 16)
             await self._send(state, exchange, upstream, line, outbound=True)
             if size == 0:
                 # Trailers, then the blank line that ends the body.
                 while True:
-                    trailer = await asyncio.wait_for(reader.readuntil(b"\r\n"), IDLE_TIMEOUT)
+                    trailer = await self._read_line(reader)
                     await self._send(state, exchange, upstream, trailer, outbound=True)
                     if trailer == b"\r\n":
                         return
-            data = await asyncio.wait_for(reader.readexactly(size + 2), IDLE_TIMEOUT)
-            await self._send(state, exchange, upstream, data, outbound=True)
+            # The chunk is passed on as it arrives. Reading it whole would hold any announced size in the memory
+            # that every agent's connections share, and the byte limit would see it only at the end.
+            remaining = size
+            while remaining:
+                data = await asyncio.wait_for(reader.read(min(remaining, CHUNK_BYTES)), IDLE_TIMEOUT)
+                if not data:
+                    raise BadRequest("the request body ended inside a chunk")
+                remaining -= len(data)
+                await self._send(state, exchange, upstream, data, outbound=True)
+            if await asyncio.wait_for(reader.readexactly(2), IDLE_TIMEOUT) != b"\r\n":
+                raise BadRequest("a chunk does not end with CRLF")
+            await self._send(state, exchange, upstream, b"\r\n", outbound=True)
+
+    @staticmethod
+    async def _read_line(reader: asyncio.StreamReader) -> bytes:
+        """Read one chunk-size or trailer line; raise BadRequest for a control character inside it.
+
+        A bare LF inside the line would end it early for some upstream servers, which would then read the
+        chunk sizes differently from the broker.
+        """
+        try:
+            line = await asyncio.wait_for(reader.readuntil(b"\r\n"), IDLE_TIMEOUT)
+        except asyncio.LimitOverrunError:
+            raise BadRequest(f"a chunk line is longer than {MAX_HEAD_BYTES} bytes") from None
+        if CONTROL.search(line[:-2].decode("latin-1")):
+            raise BadRequest("a chunk line contains a control character")
+        return line
 
     async def _forward_response(self, state: AgentState, exchange: Exchange, upstream: asyncio.StreamReader,
-                                writer: asyncio.StreamWriter) -> None:
+                                writer: asyncio.StreamWriter, redactor: Redactor) -> None:
         raw = await asyncio.wait_for(read_head(upstream), IDLE_TIMEOUT)
         status, headers, status_line = parse_status_head(raw)
         exchange.status = status
@@ -408,6 +459,21 @@ class Broker:
         forwarded = [(name, value) for name, value in headers
                      if name.lower() not in HOP_BY_HOP or name.lower() == "transfer-encoding"]
         forwarded.append(("Connection", "close"))
-        await self._send(state, exchange, writer, render_head(status_line, forwarded), outbound=False)
+        # The head is masked on its own: it is complete, so nothing needs to be held back for the body.
+        head_redactor = Redactor(redactor.secrets)
+        masked_head = head_redactor.feed(render_head(status_line, forwarded)) + head_redactor.flush()
+        await self._send(state, exchange, writer, masked_head, outbound=False)
         # The body passes through as it arrives, so server-sent events stream; the upstream closes at its end.
-        await self._pipe(state, exchange, upstream, writer, outbound=False)
+        await self._pipe(state, exchange, upstream, writer, outbound=False, redactor=redactor)
+
+
+def _leaves_base_path(path: str) -> bool:
+    """Return True when a path could reach outside the API's base path once the upstream decodes or normalizes it.
+
+    The upstream receives the base path and this path joined: a `..` segment, or an encoded slash or dot, would
+    let an agent reach other routes of the upstream host with the key the broker adds.
+    """
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "%2e" in lowered or "\\" in path:
+        return True
+    return any(segment in (".", "..") for segment in path.partition("?")[0].split("/"))

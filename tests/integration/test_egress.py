@@ -138,6 +138,15 @@ def test_agent_never_sees_key(probe_run: ProbeRun) -> None:
     assert SECRET not in json.dumps(probe_run.probe)
 
 
+def test_reflected_key_masked(probe_run: ProbeRun) -> None:
+    # The mock's /echo route returns the request's headers: the broker masks the key it added.
+    echo = probe_run.probe["echo"]
+
+    assert echo["status"] == 200
+    assert SECRET not in echo["body"]
+    assert '"x-api-key": "' + "*" * len(SECRET) + '"' in echo["body"]
+
+
 def test_key_absent_from_run_folder(probe_run: ProbeRun) -> None:
     # The plan, the audit log, the agent's log and inspect output, its workspace and the publish reports.
     assert files_containing(probe_run.run_dir, SECRET) == []
@@ -320,14 +329,17 @@ def test_exec_into_broker_is_tampering(project: Project, upstream: MockUpstream)
         run_dir = started_run_dir(project)
         wait_for_path(run_dir / "agents" / "caller" / "first-ok")
 
-        # The broker holds the keys: reading its process from an exec is what this catches.
-        broker_of(project.client, run_dir.name).exec_run(["true"])
+        # The broker holds the keys: reading its process from an exec is what this catches. The exec also shows
+        # that the broker, which sits on every agent network and the upstream one, routes no packet between them.
+        forwarding = broker_of(project.client, run_dir.name).exec_run(
+            ["cat", "/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"])
         stdout, _ = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
 
     result = run_result(stdout)
+    assert forwarding.output == b"0\n0\n"
     assert process.returncode == 3, result
     assert result["stopped_by"]["kind"] == "tampering"
     assert result["stopped_by"]["agent"] == "egress broker"

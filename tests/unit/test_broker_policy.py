@@ -80,6 +80,8 @@ def test_ip_literal_allowed_only_with_private_opt_in() -> None:
     "127.0.0.1", "10.1.2.3", "172.17.0.2", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
     "224.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:169.254.169.254", "::ffff:10.0.0.1",
     "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "::7f00:1", "fd00:ec2::254",
+    # IPv4-translated (SIIT) and deprecated site-local addresses, which ipaddress counts as global.
+    "::ffff:0:a9fe:a9fe", "::ffff:0:7f00:1", "fec0::1",
 ])
 def test_private_and_link_local_addresses_forbidden(address: str) -> None:
     assert forbidden_address(ipaddress.ip_address(address)) is not None

@@ -118,8 +118,45 @@ def test_secret_in_agent_env_rejected(
 ) -> None:
     data = manifest_data(source_dir, agents=[allowlist_agent(env=["ANTHROPIC_API_KEY"])])
 
-    with pytest.raises(PlanError, match="secret the egress broker adds"):
+    with pytest.raises(PlanError, match="secret that the egress broker adds"):
         plan_for(data, facts=with_key(make_facts))
+
+
+@pytest.mark.parametrize("fields", [
+    # The secret's source variable, not its name, is what carries the key into the container.
+    {"secrets": {"ANTHROPIC_API_KEY": {"env": "TEAM_KEY"}}, "env": ["TEAM_KEY"]},
+    # Another variable with the same value.
+    {"env": ["KEY_COPY"]},
+])
+def test_secret_source_in_agent_env_rejected(
+    plan_for: PlanFor, source_dir: Path, make_facts: Callable[..., HostFacts], fields: dict[str, Any]
+) -> None:
+    data = manifest_data(source_dir, agents=[allowlist_agent(**fields)])
+    facts = make_facts(environment={"ANTHROPIC_API_KEY": SECRET, "TEAM_KEY": SECRET, "KEY_COPY": SECRET})
+
+    with pytest.raises(PlanError, match="carries a secret that the egress broker adds") as caught:
+        plan_for(data, facts=facts)
+
+    assert caught.value.exit_code == 2
+    assert SECRET not in str(caught.value)
+
+
+def test_secret_in_defaults_env_rejected(
+    plan_for: PlanFor, source_dir: Path, make_facts: Callable[..., HostFacts]
+) -> None:
+    data = manifest_data(source_dir, defaults={"env": ["ANTHROPIC_API_KEY"]}, agents=[allowlist_agent()])
+
+    with pytest.raises(PlanError, match="defaults.env"):
+        plan_for(data, facts=with_key(make_facts))
+
+
+def test_secret_file_in_source_rejected(plan_for: PlanFor, source_dir: Path) -> None:
+    key = source_dir / "api-key.txt"
+    key.write_text(SECRET + "\n", encoding="utf-8")
+    data = manifest_data(source_dir, agents=[allowlist_agent(secrets={"ANTHROPIC_API_KEY": {"file": str(key)}})])
+
+    with pytest.raises(PlanError, match="inside the source folder"):
+        plan_for(data)
 
 
 def test_deny_removes_allowed_host(
@@ -150,6 +187,14 @@ def test_allow_private_is_a_weakening(
     assert "WEAKENED" in plan_text(plan)
 
 
+def test_plain_http_upstream_is_a_weakening(
+    plan_for: PlanFor, source_dir: Path, make_facts: Callable[..., HostFacts]
+) -> None:
+    plan = plan_for(manifest_data(source_dir, agents=[allowlist_agent()]), facts=with_key(make_facts))
+
+    assert any("API anthropic upstream http://mock-api:8080 is plain HTTP" in item for item in plan.weakenings)
+
+
 def test_egress_without_allowlist_rejected(plan_for: PlanFor, source_dir: Path) -> None:
     data = manifest_data(source_dir, agents=[agent("quiet", egress={"allow": ["a.example.test:443"]})])
 
@@ -176,6 +221,19 @@ def test_invalid_allow_entry_rejected(
 
     with pytest.raises(ManifestError, match="invalid (host:port|port)"):
         load_data(data)
+
+
+@pytest.mark.parametrize("entry", ["169.254.169.254:80", "2130706433:80", "0x7f000001:443", "127.1:443"])
+def test_ip_literal_allow_entry_rejected(
+    load_data: Callable[[dict[str, Any]], Any], source_dir: Path, entry: str
+) -> None:
+    data = manifest_data(source_dir, agents=[allowlist_agent(egress={"allow": [entry]})])
+
+    with pytest.raises(ManifestError, match="is an IP address; write the host's DNS name") as caught:
+        load_data(data)
+
+    assert caught.value.exit_code == 2
+    assert "egress.allow" in str(caught.value)
 
 
 def test_gvisor_allowlist_needs_network_runtime(
@@ -239,3 +297,48 @@ def test_dns_refusal_repeats_question() -> None:
 def test_dns_refusal_ignores_answers_and_short_packets() -> None:
     assert refusal(b"\x00" * 5) is None
     assert refusal(bytes.fromhex("abcd81800001000000000000")) is None
+
+
+@pytest.mark.parametrize(("field", "value", "hint"), [
+    ("upstream", "ftp://api.example.test", "an http or https URL"),
+    ("header", "x api key", "a header name"),
+    ("base_url_env", "BASE-URL", "a variable name"),
+])
+def test_bad_api_field_explained(
+    load_data: Callable[[dict[str, Any]], Any], source_dir: Path, field: str, value: str, hint: str
+) -> None:
+    caller = agent("caller", network="allowlist", apis={"anthropic": {**API, field: value}})
+    data = manifest_data(source_dir, agents=[caller])
+
+    with pytest.raises(ManifestError) as caught:
+        load_data(data)
+
+    assert f"agents[0].apis.anthropic.{field}: invalid value '{value}'; use {hint}" in str(caught.value)
+    assert "should match pattern" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"apis": {"anthropic": {**API, "secret": "KEY=VALUE"}}}, "apis.anthropic.secret: invalid value 'KEY=VALUE'"),
+    ({"apis": {"anthropic": {**API, "placeholder_env": ["LD_PRELOAD=x"]}}}, "invalid variable name 'LD_PRELOAD=x'"),
+    ({"apis": {"a/b": API}}, "invalid API name 'a/b'"),
+    ({"secrets": {"ANTHROPIC_API_KEY": {"env": "TEAM KEY"}}}, "secrets.ANTHROPIC_API_KEY.env: invalid value"),
+])
+def test_unanchored_names_rejected(
+    load_data: Callable[[dict[str, Any]], Any], source_dir: Path, fields: dict[str, Any], message: str
+) -> None:
+    data = manifest_data(source_dir, agents=[agent("caller", network="allowlist", **fields)])
+
+    with pytest.raises(ManifestError) as caught:
+        load_data(data)
+
+    assert message in str(caught.value)
+
+
+def test_secret_in_other_agent_env_rejected(
+    plan_for: PlanFor, source_dir: Path, make_facts: Callable[..., HostFacts]
+) -> None:
+    # The agent without network could leave the key in its output, where the allowlist agent reads it.
+    data = manifest_data(source_dir, agents=[allowlist_agent(), agent("helper", env=["ANTHROPIC_API_KEY"])])
+
+    with pytest.raises(PlanError, match="agents\\[1\\].env: the host variable ANTHROPIC_API_KEY carries a secret"):
+        plan_for(data, facts=with_key(make_facts))

@@ -88,7 +88,7 @@ def seen() -> str:
 
 
 def probe(settings: dict[str, list[str]]) -> dict[str, object]:
-    results: dict[str, object] = {"api": call_api()}
+    results: dict[str, object] = {"api": call_api(), "echo": call_api("/v1/echo")}
     results["connect"] = {
         target: proxy_exchange(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
         for target in settings.get("connect", [])

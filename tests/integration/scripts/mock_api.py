@@ -27,7 +27,13 @@ class Handler(BaseHTTPRequestHandler):
         sys.stdout.flush()
         events = b"".join(b"event: delta\ndata: {\"text\": \"%s part %d\"}\n\n" % (NAME.encode(), index)
                           for index in range(3))
+        echo = self.path.endswith("/echo")
+        if echo:
+            # A careless upstream that reflects the request's headers, key included, in its answer.
+            events = json.dumps(dict(self.headers.items())).encode()
         self.send_response(200)
+        if echo:
+            self.send_header("X-Echo-Key", self.headers.get("x-api-key", ""))
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Content-Length", str(len(events)))
         self.end_headers()
