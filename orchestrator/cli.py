@@ -142,6 +142,7 @@ def run(
 
     def body() -> int:
         from .attach import terminal_for
+        from .attached_log import hold_warnings, release_warnings
         from .errors import InputError
         from .liveview import JsonLines, LiveTable
         from .manifest import load_manifest
@@ -165,6 +166,8 @@ def run(
             handler.setFormatter(logging.Formatter("orchestrate: %(message)s"))
             logging.getLogger("orchestrator").handlers[:] = [handler]
         listener = JsonLines() if json_output else None
+        # Warn-level violation lines would be drawn over the attached program's screen; they are counted instead.
+        held = hold_warnings() if terminal is not None else None
         try:
             result = execute(plan, runtime, grace=grace, listener=listener, table=table,
                              terminal_size=_terminal_size() if terminal else None,
@@ -172,6 +175,11 @@ def run(
         finally:
             if terminal is not None:
                 terminal.close()
+            if held is not None:
+                release_warnings(held)
+        held_line = held.summary(plan.run_dir) if held is not None else None
+        if held_line:
+            typer.echo(f"orchestrate: {held_line}", err=True)
         if json_output:
             typer.echo(json.dumps({"kind": "result", **result.to_json()}, sort_keys=True))
         else:
@@ -801,6 +809,7 @@ def shell(
 
     def body() -> int:
         from .attach import LocalTerminal
+        from .attached_log import hold_warnings, release_warnings
         from .errors import InputError
         from .runner import execute, plan_manifest
         from .shell import (
@@ -834,10 +843,15 @@ def shell(
         if orchestrator_log.level == logging.INFO:
             orchestrator_log.setLevel(logging.WARNING)
         terminal = LocalTerminal(name, detach=False)
+        held = hold_warnings()
         try:
             result = execute(plan, runtime, terminal_size=_terminal_size(), control_ready=terminal.start)
         finally:
             terminal.close()
+            release_warnings(held)
+        held_line = held.summary(plan.run_dir)
+        if held_line:
+            typer.echo(f"orchestrate: {held_line}", err=True)
         outcome = result.agents[0]
         typer.echo(f"orchestrate: run {plan.run_id} ended: {outcome.describe()}; its folder is {plan.run_dir}, "
                    f"its audit log head {result.audit_head}", err=True)

@@ -24,6 +24,7 @@ from anyio.abc import TaskStatus
 
 from . import workspace
 from .activity import Activity, Listener, ignore
+from .attached_log import ACTION_FIELD
 from .audit import AuditLog
 from .control import ControlServer
 from .egress import BrokerStartError, EgressBroker, NetworkRuntime
@@ -572,7 +573,8 @@ class Supervisor:
         self._audit("violation", violation=violation.kind, action=action, **{
             key: value for key, value in violation.to_json().items() if key != "kind"
         })
-        log.warning("violation: %s (policy: %s)", violation.describe(), action)
+        log.warning("violation: %s (policy: %s)", violation.describe(), action,
+                    extra={ACTION_FIELD: action, "violation_kind": violation.kind})
         self._notify(Activity("violation", violation.agent, violation.describe(),
                               {"kind": violation.kind, "action": action, "subject": violation.subject}))
         result = self.results.get(violation.agent)
