@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .egress_plan import GVISOR_NETWORK_RUNTIME, GVISOR_NETWORK_SETUP
 from .errors import EnvironmentProblem, OrchestrateError
 from .manifest import DEFAULT_IMAGE
 from .plan_checks import GVISOR_SETUP
@@ -129,6 +130,13 @@ def _runtime_checks(info: dict[str, Any]) -> list[Check]:
     else:
         checks.append(Check("runtime runsc", "warn", "not registered, so agents with isolation gvisor cannot run",
                             GVISOR_SETUP))
+    if isinstance(runtimes.get(GVISOR_NETWORK_RUNTIME), dict):
+        checks.append(Check(f"runtime {GVISOR_NETWORK_RUNTIME}", "ok",
+                            "registered; gVisor agents with network: allowlist use it"))
+    else:
+        checks.append(Check(f"runtime {GVISOR_NETWORK_RUNTIME}", "warn",
+                            "not registered, so gVisor agents with network: allowlist cannot run",
+                            GVISOR_NETWORK_SETUP))
     return checks
 
 

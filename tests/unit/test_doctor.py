@@ -18,7 +18,8 @@ HEALTHY_INFO = {
     "Driver": "overlay2",
     "CgroupVersion": "1",
     "CgroupDriver": "cgroupfs",
-    "Runtimes": {"runc": {"path": "runc"}, "runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}},
+    "Runtimes": {"runc": {"path": "runc"}, "runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]},
+                 "runsc-network": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}},
     "SecurityOptions": ["name=seccomp,profile=default"],
 }
 HEALTHY = DoctorFacts(
@@ -74,6 +75,17 @@ def test_missing_runsc_warns_with_setup() -> None:
     assert report.exit_code == 0
     assert runsc.status == "warn"
     assert "apt-get install runsc" in (runsc.fix or "")
+
+
+def test_missing_runsc_network_warns_with_setup() -> None:
+    info = {**HEALTHY_INFO, "Runtimes": {"runc": {"path": "runc"}, "runsc": {"path": "/usr/bin/runsc"}}}
+
+    report = run_checks(replace(HEALTHY, info=info))
+
+    network = by_name(report.checks)["runtime runsc-network"]
+    assert report.exit_code == 0
+    assert network.status == "warn"
+    assert "--network=host" in (network.fix or "")
 
 
 def test_broken_seccomp_profile_fails() -> None:
