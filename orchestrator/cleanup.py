@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .control_protocol import socket_path
 from .errors import InputError
 from .plan import LABEL_AGENT, LABEL_RUN, RUN_ID_PATTERN, RunPlan
 from .run_copies import remove_snapshot_refs
@@ -52,6 +53,26 @@ def _remove_networks(runtime: DockerRuntime, *, run_id: str | None, runs_root: P
     return lines
 
 
+def _remove_stale_socket(run_folder: Path) -> list[str]:
+    """Remove the control socket of a killed run, because its process never reached the code that removes it.
+
+    Callers pass only a run that no live process holds. The unlink does not follow a link, and the folder is
+    removed only when empty.
+    """
+    path = socket_path(run_folder)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        return [f"removing the stale control socket {path} failed ({exc.strerror or exc}); delete it by hand"]
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass
+    return [f"removed the stale control socket {path}"]
+
+
 def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove_files: bool) -> str:
     """Force-remove the containers of one run, or of every dead run of `runs_root`; return a report."""
     if run_id is not None and not RUN_ID_PATTERN.fullmatch(run_id):
@@ -78,7 +99,9 @@ def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove
                 skipped[owner_run] = reason
                 continue
         runtime.remove(container_id)
-        owner = f"run {owner_run}, agent {labels.get(LABEL_AGENT)}"
+        # The broker container carries the run label but no agent label.
+        role = f"agent {labels[LABEL_AGENT]}" if labels.get(LABEL_AGENT) else "the egress broker"
+        owner = f"run {owner_run}, {role}"
         lines.append(f"removed container {container_id[:12]} ({owner})")
     lines.extend(_remove_networks(runtime, run_id=run_id, runs_root=runs_root, skipped=skipped))
     for skipped_run, reason in sorted(skipped.items()):
@@ -91,6 +114,8 @@ def clean(runtime: DockerRuntime, *, run_id: str | None, runs_root: Path, remove
             "check the run id, or pass --runs-dir with the folder that holds the run"
         )
 
+    if run_id is not None:
+        lines.extend(_remove_stale_socket(runs_root / run_id))
     if run_id is not None and not remove_files and copies_root(runs_root / run_id).is_dir():
         lines.append(f"kept the agents' source copies in {copies_root(runs_root / run_id)}; delete them and "
                      "the run's snapshot refs with --remove-files")
