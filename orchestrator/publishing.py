@@ -19,6 +19,7 @@ from .audit import AuditLog
 from .errors import InputError
 from .plan import RUN_ID_PATTERN, AgentPlan, RunPlan
 from .publish import PublishLimits, PublishReport, PublishRequest, check_workspace, publish_agent
+from .status import is_active
 
 # Each violation record is flushed to disk; an agent that plants 100,000 bad files gets a summary record.
 MAX_AUDITED_FINDINGS = 1000
@@ -35,6 +36,11 @@ def publish_run(runs_root: Path, run_id: str, agent: str | None, *, force: bool 
     if not plan_path.is_file():
         raise InputError(f"{plan_path} not found; check the run id, or pass --runs-dir with the runs folder")
     plan = RunPlan.model_validate_json(plan_path.read_text(encoding="utf-8"))
+    # While the run is active its agents still write their workspaces (a shell's user included), and the
+    # run publishes them itself at their exit, so publishing now would copy half-written files.
+    if is_active(run_dir):
+        raise InputError(f"run {run_id} is still running; wait for it to end, or stop it with "
+                         f"`orchestrate stop {run_id}`, then publish")
 
     agents = [item for item in plan.agents if agent is None or item.name == agent]
     if not agents:
