@@ -277,6 +277,12 @@ class Supervisor:
         self._on_violation(violation)
 
     def _on_broker_exit(self, message: str) -> None:
+        # `orchestrate stop` kills the run's containers, the broker included, when this process does not end in
+        # time (such as a stopped process). That exit is the user's stop, not a broker failure.
+        if self.interrupted_by is not None or (self.plan.run_dir / "stop-request.json").exists():
+            log.warning("the egress broker exited while the run was being stopped: %s", message)
+            self._audit("broker-exit", reason=message)
+            return
         self._on_violation(Violation(BROKER_FAILURE, "*", "egress broker", message))
 
     async def _watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
