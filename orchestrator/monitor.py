@@ -68,6 +68,8 @@ class Monitor:
         self.copies = CopyWatch(plan, report=report)
         self.containers: dict[str, str] = {}
         self._agent_of: dict[str, str] = {}
+        # Each allowlist agent's own network, shared with the broker alone: network name -> agent.
+        self._egress_owner = {agent.egress.network: agent.name for agent in plan.agents if agent.egress is not None}
         self._started: set[str] = set()
         self._stopping: set[str] = set()
         self._seen_start: set[str] = set()
@@ -220,7 +222,9 @@ class Monitor:
         connect = getattr(self.runtime, "event_client", None)
         if connect is None:
             return
-        self._feed = EventFeed(connect, watched=lambda container_id: container_id in self._agent_of, since=self._since)
+        # Network events of other containers pass too: one that joins an agent's egress network is tampering.
+        self._feed = EventFeed(connect, watched=lambda container_id: bool(self._egress_owner)
+                               or container_id in self._agent_of, since=self._since)
         try:
             async for item in self._feed:
                 if isinstance(item, FeedGap):
@@ -242,6 +246,7 @@ class Monitor:
     def _engine_event(self, event: EngineEvent) -> None:
         agent = self._agent_of.get(event.container_id)
         if agent is None:
+            self._foreign_event(event)
             return
         if event.kind == "container" and event.action == "start":
             if agent in self._seen_start:
@@ -265,6 +270,21 @@ class Monitor:
             self._listener(Activity("engine", agent, f"out of memory: {detail}", {"action": event.action}))
             return
         self._report(Violation(TAMPERING, agent, event.action, detail, event.to_json()))
+
+    def _foreign_event(self, event: EngineEvent) -> None:
+        """Report a container outside the run joining an agent's egress network.
+
+        That network is meant to hold the agent and the broker alone: any other container on it can reach the
+        agent, and the agent it, past the broker. Such a connect changes none of the agent's own settings.
+        """
+        if event.kind != "network" or event.action != "connect":
+            return
+        owner = self._egress_owner.get(event.attributes.get("name", ""))
+        if owner is None or owner in self._stopping:
+            return
+        detail = (f"container {event.container_id[:12]} outside the run joined the agent's egress network "
+                  f"'{event.attributes['name']}', which reaches the agent past the broker")
+        self._report(Violation(TAMPERING, owner, "network connect", detail, event.to_json()))
 
 
 def _exec_detail(event: EngineEvent) -> str:
