@@ -230,6 +230,22 @@ class DockerRuntime:
             self._api.connect_container_to_network(container_id, network, aliases=aliases)
 
     def remove_network(self, name: str) -> None:
+        """Remove a network of the run, first disconnecting any container still on it.
+
+        The engine refuses to remove a network with endpoints, so a container someone else connected to an
+        agent's network would otherwise keep that network after the run and after `orchestrate cleanup`.
+        """
+        try:
+            with _translated(f"inspect network {name}"):
+                endpoints = self._api.inspect_network(name).get("Containers") or {}
+        except ContainerGone:
+            return
+        for container_id in endpoints:
+            try:
+                with _translated(f"disconnect container {container_id[:12]} from network {name}"):
+                    self._api.disconnect_container_from_network(container_id, name, force=True)
+            except ContainerGone:
+                continue
         try:
             with _translated(f"remove network {name}"):
                 self._api.remove_network(name)
