@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import pytest
 
-from .conftest import ORCHESTRATE, SCRIPTS, Project, _clean_environment, read_json, run_result
+from .conftest import BASE_IMAGE, ORCHESTRATE, SCRIPTS, TEST_LABEL, Project, _clean_environment, read_json, run_result
 from .mock_upstream import MOCK_PORT, MockUpstream
 
 SECRET = "sk-egress-test-" + secrets.token_hex(12)
@@ -318,6 +318,39 @@ def test_network_connect_is_tampering(project: Project, upstream: MockUpstream) 
     assert process.returncode == 3, result
     assert result["stopped_by"]["kind"] in ("tampering", "posture-drift")
     assert "network" in result["stopped_by"]["detail"]
+
+
+def test_outsider_on_egress_network_is_tampering(project: Project, upstream: MockUpstream) -> None:
+    shutil.copy(SCRIPTS / "egress_probe.py", project.source / "egress_probe.py")
+    manifest = project.manifest([egress_agent(upstream, "loop", {"failures": 1_000_000}, timeout="90s")],
+                                broker=broker_settings(upstream))
+    outsider = project.client.containers.run(BASE_IMAGE, ["sleep", "120"], detach=True,
+                                             labels={TEST_LABEL: "egress-outsider"})
+    process = project.start("run", str(manifest), "--runs-dir", str(project.runs), "--json", env=key_environment())
+    try:
+        run_dir = started_run_dir(project)
+        wait_for_path(run_dir / "agents" / "caller" / "first-ok")
+        [network] = project.client.networks.list(filters={"label": [f"orchestrate.run={run_dir.name}",
+                                                                    "orchestrate.role=egress"]})
+
+        # A container outside the run on the agent's own network could reach the agent past the broker.
+        network.connect(outsider)
+        stdout, _ = process.communicate(timeout=120)
+        outsider.reload()
+        outsider_status = outsider.status
+    finally:
+        if process.poll() is None:
+            process.kill()
+        outsider.remove(force=True)
+
+    result = run_result(stdout)
+    assert process.returncode == 3, result
+    assert result["stopped_by"]["kind"] == "tampering"
+    assert result["stopped_by"]["agent"] == "caller"
+    assert "outside the run" in result["stopped_by"]["detail"]
+    # The run still removes its network, and leaves the outsider running.
+    assert project.client.networks.list(filters={"label": f"orchestrate.run={run_dir.name}"}) == []
+    assert outsider_status == "running"
 
 
 def test_exec_into_broker_is_tampering(project: Project, upstream: MockUpstream) -> None:
