@@ -396,6 +396,8 @@ def test_killed_run_ends_interactive_agent(project: Project) -> None:
 
     cleanup = project.orchestrate("cleanup", run_id, "--runs-dir", str(project.runs))
     assert cleanup.returncode == 0, cleanup.stderr
+    # The killed process could not remove its control socket, so cleanup does.
+    assert not (project.runs / run_id / "control").exists()
 
 
 def test_run_attach_rejects_batch_agent(project: Project) -> None:
