@@ -916,4 +916,10 @@ def exec_(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        # Ctrl-C before a command's own handling starts (while typer parses the arguments) ends with the
+        # usual exit code and no traceback; commands handle it themselves once they run.
+        sys.stderr.write("orchestrate: interrupted\n")
+        raise SystemExit(130) from None
