@@ -919,7 +919,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        # Ctrl-C before a command's own handling starts (while typer parses the arguments) ends with the
-        # usual exit code and no traceback; commands handle it themselves once they run.
+        # A Ctrl-C while typer still parses the arguments ends with exit code 130 and no traceback.
+        # Once a command's body runs, the command handles Ctrl-C itself.
         sys.stderr.write("orchestrate: interrupted\n")
         raise SystemExit(130) from None

@@ -1,4 +1,4 @@
-"""What the plan records about network access: per agent its broker route, and the broker itself.
+"""Plan records of network access: each agent's route through the broker, and the broker itself.
 
 Secrets appear only by name and source (a variable name or a file path), never
 by value, because the plan is printed and saved as plan.json.

@@ -113,8 +113,8 @@ def _merge_onto(plan: RunPlan, record: CopySource, commits: dict[str, str], targ
     if alias_of is not None:
         # update-ref would follow the link and move the branch it names, which may be checked out.
         raise InputError(
-            f"--branch {target} is a symbolic ref to {alias_of}; pass a branch that is no symbolic ref, such as "
-            "a new name, which is created from the run's starting commit"
+            f"invalid --branch {target}: it is a symbolic ref to {alias_of}. Pass a plain branch, such as a new "
+            "name, which is created from the run's starting commit"
         )
     use = branch_in_use(git_dir, target)
     if use is not None:

@@ -1,4 +1,4 @@
-"""How an interactive agent runs: its program in a terminal that the run process opens, inside its container.
+"""Interactive agents: the program runs in a terminal that the run process opens inside the container.
 
 The engine can give a container a terminal (Tty), but then it never closes the
 container's input when the attached client goes away. Moby closes stdin on

@@ -167,7 +167,8 @@ class TerminalFilter:
             out.extend(self._sequence)
             self._state = _GROUND
 
-    def _escape_intermediate(self, byte: int, out: bytearray) -> None:
+    def _control_inside(self, byte: int, out: bytearray) -> bool:
+        """Handle ESC, CAN, SUB and C0 controls inside a sequence; return whether `byte` was one of them."""
         if byte == ESC:
             self._state = _ESCAPE
             self._sequence = bytearray([ESC])
@@ -175,7 +176,14 @@ class TerminalFilter:
             self._state = _GROUND
         elif byte < 0x20:
             out.append(byte)
-        elif len(self._sequence) >= MAX_CSI or byte >= 0x7F:
+        else:
+            return False
+        return True
+
+    def _escape_intermediate(self, byte: int, out: bytearray) -> None:
+        if self._control_inside(byte, out):
+            return
+        if len(self._sequence) >= MAX_CSI or byte >= 0x7F:
             self._state = _GROUND
             self._ground(byte, out)
         else:
@@ -188,14 +196,9 @@ class TerminalFilter:
                 self._state = _GROUND
 
     def _csi(self, byte: int, out: bytearray) -> None:
-        if byte == ESC:
-            self._state = _ESCAPE
-            self._sequence = bytearray([ESC])
-        elif byte in (CAN, SUB):
-            self._state = _GROUND
-        elif byte < 0x20:
-            out.append(byte)
-        elif 0x40 <= byte <= 0x7E:
+        if self._control_inside(byte, out):
+            return
+        if 0x40 <= byte <= 0x7E:
             if self._state == _CSI:
                 self._sequence.append(byte)
                 if self._csi_allowed(bytes(self._sequence[2:-1]), byte):

@@ -339,10 +339,10 @@ class Broker:
 
     async def _forward_api(self, state: AgentState, exchange: Exchange, head: RequestHead,
                            reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        route, rest = self._route(state, head)
+        route, rest, status = self._route(state, head)
         if route is None:
             exchange.denied = rest
-            exchange.status = 404 if rest.startswith("no API") else 400 if rest.startswith("the path") else 405
+            exchange.status = status
             writer.write(plain_response(exchange.status, rest))
             return
         exchange.host, exchange.port = route.host, route.port
@@ -361,21 +361,21 @@ class Broker:
         finally:
             upstream_writer.close()
 
-    def _route(self, state: AgentState, head: RequestHead) -> tuple[ApiRoute | None, str]:
-        """Return the API route and the rest of the target (path and query), or None and why not."""
+    def _route(self, state: AgentState, head: RequestHead) -> tuple[ApiRoute | None, str, int]:
+        """Return the API route and the rest of the target (path and query), or None, the reason and its status."""
         target = urlsplit(head.target)
         if target.scheme or target.netloc:
             # An absolute-form target names a host: only the broker itself is served this way.
             if target.scheme != "http" or (target.hostname or "") not in (BROKER_ALIAS, state.config.address):
-                return None, "only HTTPS through CONNECT and the broker's API routes are allowed"
+                return None, "only HTTPS through CONNECT and the broker's API routes are allowed", 405
         name, _, rest = target.path.lstrip("/").partition("/")
         route = state.config.apis.get(name)
         if route is None:
-            return None, f"no API named {name!r} for this agent"
+            return None, f"no API named {name!r} for this agent", 404
         if _leaves_base_path(rest):
-            return None, "the path has a dot segment or an encoded slash or dot; write it plainly"
+            return None, "the path has a dot segment or an encoded slash or dot; write it plainly", 400
         query = f"?{target.query}" if target.query else ""
-        return route, f"/{rest}{query}"
+        return route, f"/{rest}{query}", 200
 
     def _upstream_head(self, head: RequestHead, route: ApiRoute, rest: str) -> bytes:
         dropped = HOP_BY_HOP | CREDENTIAL_HEADERS | HELD_BACK_HEADERS | {"host", "accept-encoding"}
